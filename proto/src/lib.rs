@@ -1,0 +1,19 @@
+//! Rust types and gRPC stubs generated from Teresa's `.proto` files: the lease
+//! API (`connectionpool`, wire-compatible with the original Go project) and the
+//! admin API the operator uses to configure poolers (`teresa.admin.v1`).
+
+#![forbid(unsafe_code)]
+
+/// The lease API: `connectionpool.ConnectionPoolService`.
+pub mod connectionpool {
+    tonic::include_proto!("connectionpool");
+}
+
+/// The admin API: `teresa.admin.v1.PoolerAdmin`.
+pub mod admin {
+    tonic::include_proto!("teresa.admin.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every Teresa proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/teresa_descriptor.bin"));
