@@ -14,6 +14,10 @@ pub mod admin {
     tonic::include_proto!("teresa.admin.v1");
 }
 
-/// Encoded `FileDescriptorSet` of every Teresa proto, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/teresa_descriptor.bin"));
+/// Encoded `FileDescriptorSet` of the lease API, for server reflection.
+pub const LEASE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/lease_descriptor.bin"));
+
+/// Encoded `FileDescriptorSet` of the admin API, for server reflection.
+pub const ADMIN_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/admin_descriptor.bin"));

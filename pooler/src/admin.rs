@@ -1,0 +1,140 @@
+//! The admin API (`teresa.admin.v1.PoolerAdmin`) the operator drives: apply a
+//! complete configuration, read the applied version and live stats. Served
+//! only on the admin port, whose TLS requires a client certificate; only the
+//! identities of `--admin-identities` may call it.
+
+use std::sync::Arc;
+
+use teresa_proto::admin::{
+    ApplyConfigResponse, GetStatusRequest, PoolerConfig, PoolerStatus, TenantStatus,
+    pooler_admin_server::PoolerAdmin,
+};
+use tonic::{Request, Response, Status};
+use tracing::warn;
+
+use crate::config;
+use crate::state::PoolerState;
+use crate::tenants::ApplyOutcome;
+use crate::tls::PeerInfo;
+
+/// The admin API over a running pooler's state.
+pub struct AdminService {
+    state: Arc<PoolerState>,
+    allowed: Vec<String>,
+}
+
+impl AdminService {
+    pub fn new(state: Arc<PoolerState>, allowed: Vec<String>) -> Self {
+        AdminService { state, allowed }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let identity = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.identity.clone());
+        match identity {
+            Some(id) if self.allowed.iter().any(|a| a == &id) => Ok(()),
+            Some(id) => {
+                warn!(identity = %id, "admin call refused: identity not in --admin-identities");
+                Err(Status::permission_denied(format!(
+                    "client identity {id:?} may not call the admin API (allowed: {})",
+                    self.allowed.join(", ")
+                )))
+            }
+            None => Err(Status::unauthenticated(
+                "the admin API requires a client certificate",
+            )),
+        }
+    }
+}
+
+/// Applies a snapshot from either source (admin call or config file).
+pub async fn apply_snapshot(
+    state: &PoolerState,
+    snapshot: &PoolerConfig,
+) -> Result<(String, bool), config::ConfigError> {
+    let valid = config::validate(snapshot).inspect_err(|_| {
+        state.metrics.config_applied("rejected");
+    })?;
+    let version = valid.version.clone();
+    let outcome = state.tenants.apply(valid).await?;
+    Ok((version, outcome != ApplyOutcome::Unchanged))
+}
+
+#[tonic::async_trait]
+impl PoolerAdmin for AdminService {
+    async fn apply_config(
+        &self,
+        request: Request<PoolerConfig>,
+    ) -> Result<Response<ApplyConfigResponse>, Status> {
+        self.authorize(&request)?;
+        match apply_snapshot(&self.state, request.get_ref()).await {
+            Ok((applied_version, changed)) => Ok(Response::new(ApplyConfigResponse {
+                applied_version,
+                changed,
+            })),
+            Err(e) => {
+                warn!(error = %e, "configuration refused");
+                Err(Status::invalid_argument(e.to_string()))
+            }
+        }
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<GetStatusRequest>,
+    ) -> Result<Response<PoolerStatus>, Status> {
+        self.authorize(&request)?;
+        Ok(Response::new(status(&self.state)))
+    }
+}
+
+/// The pooler's status as the admin API reports it.
+pub fn status(state: &PoolerState) -> PoolerStatus {
+    let applied = state.tenants.applied();
+    let leases = state.leases.counts_by_tenant();
+    let mut tenants: Vec<TenantStatus> = state
+        .tenants
+        .every_pool()
+        .into_iter()
+        .map(|pool| {
+            let s = pool.stats();
+            let int = |n: u32| n.min(i32::MAX as u32) as i32;
+            TenantStatus {
+                tenant_id: pool.id().to_owned(),
+                active_connections: int(s.active),
+                idle_connections: int(s.idle),
+                total_connections: int(s.total),
+                max_connections: int(s.max),
+                min_connections: int(s.min),
+                waiting_clients: int(s.waiting),
+                active_leases: leases.get(pool.id()).copied().unwrap_or(0) as i32,
+                acquires_total: s.acquires_total,
+                acquire_timeouts_total: s.acquire_timeouts_total,
+                expired_leases_total: s.expired_leases_total,
+                database_reachable: s.database_reachable,
+                draining: pool.is_draining(),
+            }
+        })
+        .collect();
+    tenants.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+    PoolerStatus {
+        applied_version: applied
+            .as_ref()
+            .map(|a| a.version.clone())
+            .unwrap_or_default(),
+        applied_at: applied.map(|a| {
+            let since =
+                a.at.duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+            prost_types::Timestamp {
+                seconds: since.as_secs() as i64,
+                nanos: since.subsec_nanos() as i32,
+            }
+        }),
+        ready: state.is_ready(),
+        draining: state.is_draining(),
+        tenants,
+    }
+}

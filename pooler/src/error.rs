@@ -1,0 +1,51 @@
+//! The lease API's errors, and the one place they become gRPC statuses.
+//! Messages say what to do next and never carry a credential.
+
+use tonic::{Code, Status};
+
+use crate::lease::LeaseError;
+use crate::pool::AcquireError;
+
+/// Everything a lease API call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("tenant {0:?} is not configured on this pooler")]
+    UnknownTenant(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("client {identity:?} may not use tenant {tenant:?} (not in its allowedClients)")]
+    TenantDenied { tenant: String, identity: String },
+    #[error("the pooler is shutting down and takes no new work; retry on another pooler")]
+    Draining,
+    #[error(transparent)]
+    Acquire(#[from] AcquireError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        let code = match &error {
+            ApiError::UnknownTenant(_) => Code::NotFound,
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::TenantDenied { .. } => Code::PermissionDenied,
+            ApiError::Draining => Code::Unavailable,
+            ApiError::Acquire(e) => match e {
+                AcquireError::Timeout { .. } | AcquireError::QueueFull { .. } => {
+                    Code::ResourceExhausted
+                }
+                AcquireError::Unavailable { .. } => Code::Unavailable,
+                AcquireError::Removed { .. } => Code::NotFound,
+            },
+            ApiError::Lease(e) => match e {
+                LeaseError::Malformed | LeaseError::NotFound(_) => Code::NotFound,
+                LeaseError::Released(_) | LeaseError::Expired(_) | LeaseError::Revoked(_) => {
+                    Code::FailedPrecondition
+                }
+                LeaseError::Foreign(_) => Code::PermissionDenied,
+                LeaseError::TooMany { .. } => Code::ResourceExhausted,
+            },
+        };
+        Status::new(code, error.to_string())
+    }
+}

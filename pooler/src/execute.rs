@@ -1,0 +1,307 @@
+//! Runs one SQL statement on a connection and streams its result: column
+//! descriptions, rows in bounded batches, then the command tag. The stream is
+//! fed through a small channel, so a slow reader holds back the server
+//! connection (and only it) instead of growing the pooler's memory. A reader
+//! that goes away gets its statement cancelled on the server.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use deadpool_postgres::Object;
+use futures::StreamExt;
+use postgres_types::ToSql;
+use teresa_proto::connectionpool::{
+    Column, ColumnDescriptions, CommandComplete, ExecuteResponse, Row, RowBatch, SqlError,
+    execute_response::Kind, value::Kind as V,
+};
+use tokio::sync::{OwnedMutexGuard, mpsc};
+use tonic::Status;
+use tracing::debug;
+
+use crate::lease::{Lease, LeaseTable, Outcome, SessionMarks};
+use crate::pool::TenantPool;
+use crate::session;
+use crate::values::{Cell, Param};
+
+/// Rows per batch when the client asks for none.
+pub const DEFAULT_BATCH_ROWS: usize = 256;
+/// Largest rows-per-batch a client may ask for.
+pub const MAX_BATCH_ROWS: usize = 10_000;
+/// A batch is sent once its values reach about this many bytes.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Messages buffered per stream; with the batch bound, this bounds memory.
+const STREAM_BUFFER: usize = 2;
+/// Prepared statements cached per connection before the cache is cleared.
+const MAX_CACHED_STATEMENTS: usize = 512;
+
+/// The stream an Execute call returns.
+pub type ResultStream = tokio_stream::wrappers::ReceiverStream<Result<ExecuteResponse, Status>>;
+
+/// The connection a statement runs on.
+pub enum Target {
+    /// A lease's connection, locked for this statement.
+    Lease {
+        lease: Arc<Lease>,
+        leases: Arc<LeaseTable>,
+        conn: OwnedMutexGuard<Option<Object>>,
+    },
+    /// A connection borrowed for this one statement.
+    OneShot {
+        tenant: Arc<TenantPool>,
+        conn: Box<Object>,
+    },
+}
+
+impl Target {
+    fn conn(&self) -> &Object {
+        match self {
+            Target::Lease { conn, .. } => conn.as_ref().expect("checked before running"),
+            Target::OneShot { conn, .. } => conn,
+        }
+    }
+
+    fn tenant(&self) -> &Arc<TenantPool> {
+        match self {
+            Target::Lease { lease, .. } => &lease.tenant,
+            Target::OneShot { tenant, .. } => tenant,
+        }
+    }
+}
+
+/// One statement, validated for size.
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<teresa_proto::connectionpool::Value>,
+    pub batch_rows: usize,
+}
+
+/// Starts the statement and returns its result stream.
+pub fn spawn(target: Target, statement: Statement) -> ResultStream {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(run(target, statement, tx));
+    ResultStream::new(rx)
+}
+
+type Tx = mpsc::Sender<Result<ExecuteResponse, Status>>;
+
+async fn run(target: Target, statement: Statement, tx: Tx) {
+    let keyword = session::leading_keyword(&statement.sql);
+    let started = Instant::now();
+    let outcome = stream_statement(target.conn(), target.tenant(), &statement, &keyword, &tx).await;
+    let ok = matches!(outcome, Finished::Complete);
+    target
+        .tenant()
+        .metrics()
+        .query(ok, started.elapsed().as_secs_f64());
+    let marks = session::marks_for(&keyword);
+    if marks & SessionMarks::PREPARED != 0 {
+        // DEALLOCATE or DISCARD may have dropped the pooler's own statements.
+        target.conn().statement_cache.clear();
+    }
+    match target {
+        Target::Lease {
+            lease,
+            leases,
+            conn,
+        } => {
+            lease.session.mark(SessionMarks::USED | marks);
+            let broken = conn.as_ref().is_some_and(|c| c.is_closed());
+            drop(conn);
+            if broken {
+                debug!(lease = %lease.id, "server connection lost; ending the lease");
+                leases.end(&lease, Outcome::Revoked).await;
+            }
+        }
+        Target::OneShot { tenant, conn } => {
+            let marks = if session::one_shot_needs_reset(&keyword) || outcome == Finished::Cancelled
+            {
+                SessionMarks::USED | marks
+            } else {
+                0
+            };
+            session::return_to_pool(&tenant, *conn, marks).await;
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Finished {
+    Complete,
+    SqlError,
+    Failed,
+    Cancelled,
+}
+
+async fn stream_statement(
+    client: &Object,
+    tenant: &TenantPool,
+    statement: &Statement,
+    keyword: &str,
+    tx: &Tx,
+) -> Finished {
+    if client.statement_cache.size() >= MAX_CACHED_STATEMENTS {
+        client.statement_cache.clear();
+    }
+    let prepared = match client.prepare_cached(&statement.sql).await {
+        Ok(prepared) => prepared,
+        Err(e) => return send_error(tx, e).await,
+    };
+    let types = prepared.params();
+    if types.len() != statement.params.len() {
+        let _ = tx
+            .send(Err(Status::invalid_argument(format!(
+                "the statement takes {} parameter(s), {} given",
+                types.len(),
+                statement.params.len()
+            ))))
+            .await;
+        return Finished::Failed;
+    }
+    let params = match statement
+        .params
+        .iter()
+        .zip(types)
+        .enumerate()
+        .map(|(i, (value, ty))| Param::bind(value, ty, i + 1))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(params) => params,
+        Err(e) => {
+            let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+            return Finished::Failed;
+        }
+    };
+    let columns = prepared
+        .columns()
+        .iter()
+        .map(|c| Column {
+            name: c.name().to_owned(),
+            type_name: c.type_().name().to_owned(),
+            type_oid: c.type_().oid(),
+        })
+        .collect();
+    let rows = client
+        .query_raw(&prepared, params.iter().map(|p| p as &dyn ToSql))
+        .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => return send_error(tx, e).await,
+    };
+    if !send(tx, Kind::Columns(ColumnDescriptions { columns })).await {
+        tenant.upstream().cancel(&client.cancel_token()).await;
+        return Finished::Cancelled;
+    }
+    let mut rows = std::pin::pin!(rows);
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    loop {
+        let next = tokio::select! {
+            next = rows.next() => next,
+            _ = tx.closed() => {
+                tenant.upstream().cancel(&client.cancel_token()).await;
+                return Finished::Cancelled;
+            }
+        };
+        match next {
+            Some(Ok(row)) => {
+                let mut values = Vec::with_capacity(row.len());
+                for i in 0..row.len() {
+                    match row.try_get::<_, Cell>(i) {
+                        Ok(Cell(value)) => {
+                            batch_bytes += value_size(&value);
+                            values.push(value);
+                        }
+                        Err(e) => {
+                            let _ = tx
+                                .send(Err(Status::internal(format!(
+                                    "cannot decode column {}: {e}",
+                                    i + 1
+                                ))))
+                                .await;
+                            tenant.upstream().cancel(&client.cancel_token()).await;
+                            return Finished::Failed;
+                        }
+                    }
+                }
+                batch.push(Row { values });
+                if batch.len() >= statement.batch_rows || batch_bytes >= MAX_BATCH_BYTES {
+                    batch_bytes = 0;
+                    let rows = std::mem::take(&mut batch);
+                    if !send(tx, Kind::Rows(RowBatch { rows })).await {
+                        tenant.upstream().cancel(&client.cancel_token()).await;
+                        return Finished::Cancelled;
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                if !batch.is_empty() {
+                    send(tx, Kind::Rows(RowBatch { rows: batch })).await;
+                }
+                return send_error(tx, e).await;
+            }
+            None => break,
+        }
+    }
+    if !batch.is_empty() && !send(tx, Kind::Rows(RowBatch { rows: batch })).await {
+        return Finished::Cancelled;
+    }
+    let complete = CommandComplete {
+        command_tag: command_tag(keyword, &statement.sql),
+        rows_affected: rows.rows_affected().unwrap_or(0),
+    };
+    send(tx, Kind::Complete(complete)).await;
+    Finished::Complete
+}
+
+fn value_size(value: &teresa_proto::connectionpool::Value) -> usize {
+    8 + match &value.kind {
+        Some(V::Text(s)) => s.len(),
+        Some(V::Bytes(b)) => b.len(),
+        _ => 0,
+    }
+}
+
+/// The command tag's verb; for `WITH` the data-modifying verb it wraps, if any.
+fn command_tag(keyword: &str, sql: &str) -> String {
+    if keyword != "WITH" {
+        return keyword.to_owned();
+    }
+    let upper = sql.to_ascii_uppercase();
+    let last = ["INSERT", "UPDATE", "DELETE", "MERGE", "SELECT"]
+        .into_iter()
+        .filter_map(|verb| upper.rfind(verb).map(|at| (at, verb)))
+        .max();
+    last.map_or("SELECT", |(_, verb)| verb).to_owned()
+}
+
+async fn send(tx: &Tx, kind: Kind) -> bool {
+    tx.send(Ok(ExecuteResponse { kind: Some(kind) }))
+        .await
+        .is_ok()
+}
+
+/// A SQL error goes into the stream with its SQLSTATE; a lost connection or
+/// other I/O failure ends the stream with UNAVAILABLE.
+async fn send_error(tx: &Tx, e: tokio_postgres::Error) -> Finished {
+    match e.as_db_error() {
+        Some(db) => {
+            let error = SqlError {
+                sqlstate: db.code().code().to_owned(),
+                message: db.message().to_owned(),
+                detail: db.detail().unwrap_or_default().to_owned(),
+                hint: db.hint().unwrap_or_default().to_owned(),
+                severity: db.severity().to_owned(),
+            };
+            send(tx, Kind::Error(error)).await;
+            Finished::SqlError
+        }
+        None => {
+            let _ = tx
+                .send(Err(Status::unavailable(format!(
+                    "the server connection failed: {e}"
+                ))))
+                .await;
+            Finished::Failed
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The tenants this pooler serves, and how a new configuration is applied.
+//!
+//! The map of tenant pools sits in an `ArcSwap`: the lease path reads it
+//! without locking, and an apply builds the new map beside the old one, then
+//! swaps it whole. Unchanged tenants keep their pool object (same connections,
+//! same counters); changed ones are updated in place; removed ones stop taking
+//! new leases and drain. Both configuration sources, the `--config` file and
+//! the admin API, apply through [`Tenants::apply`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tracing::{info, warn};
+
+use crate::config::{ConfigError, TenantSpec, ValidConfig};
+use crate::lease::{LeaseTable, Outcome};
+use crate::metrics::Metrics;
+use crate::pool::{PoolStats, TenantPool};
+use crate::upstream_tls;
+
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The version was already applied; nothing changed.
+    Unchanged,
+    Applied {
+        added: Vec<String>,
+        changed: Vec<String>,
+        removed: Vec<String>,
+    },
+}
+
+/// The version in force and when it was applied.
+#[derive(Debug, Clone)]
+pub struct AppliedVersion {
+    pub version: String,
+    pub at: SystemTime,
+}
+
+/// Every tenant pool of the pooler.
+pub struct Tenants {
+    map: ArcSwap<HashMap<String, Arc<TenantPool>>>,
+    /// Pools made on demand from a client's `dsn` (`--allow-client-dsn`).
+    dsn_pools: Mutex<HashMap<(String, String), Arc<TenantPool>>>,
+    /// Removed tenants whose leases are still draining.
+    draining: Arc<Mutex<Vec<Arc<TenantPool>>>>,
+    applied: Mutex<Option<AppliedVersion>>,
+    apply_lock: tokio::sync::Mutex<()>,
+    metrics: Metrics,
+    leases: Arc<LeaseTable>,
+    drain_timeout: Duration,
+}
+
+impl Tenants {
+    pub fn new(metrics: Metrics, leases: Arc<LeaseTable>, drain_timeout: Duration) -> Self {
+        Tenants {
+            map: ArcSwap::from_pointee(HashMap::new()),
+            dsn_pools: Mutex::new(HashMap::new()),
+            draining: Arc::new(Mutex::new(Vec::new())),
+            applied: Mutex::new(None),
+            apply_lock: tokio::sync::Mutex::new(()),
+            metrics,
+            leases,
+            drain_timeout,
+        }
+    }
+
+    /// The tenant's pool, if configured and not being removed.
+    pub fn get(&self, id: &str) -> Option<Arc<TenantPool>> {
+        self.map.load().get(id).cloned()
+    }
+
+    /// Every configured tenant, in id order.
+    pub fn all(&self) -> Vec<Arc<TenantPool>> {
+        let mut all: Vec<_> = self.map.load().values().cloned().collect();
+        all.sort_by(|a, b| a.id().cmp(b.id()));
+        all
+    }
+
+    /// Every pool with live connections: configured, on-demand and draining.
+    pub fn every_pool(&self) -> Vec<Arc<TenantPool>> {
+        let mut pools = self.all();
+        pools.extend(self.dsn_pools.lock().expect("poisoned").values().cloned());
+        pools.extend(self.draining.lock().expect("poisoned").iter().cloned());
+        pools
+    }
+
+    pub fn applied(&self) -> Option<AppliedVersion> {
+        self.applied.lock().expect("poisoned").clone()
+    }
+
+    /// The on-demand pool for `tenant` + `dsn`, made on first use.
+    pub fn dsn_pool(&self, tenant: &str, dsn: &str) -> Result<Arc<TenantPool>, String> {
+        let key = (tenant.to_owned(), dsn.to_owned());
+        if let Some(pool) = self.dsn_pools.lock().expect("poisoned").get(&key) {
+            return Ok(pool.clone());
+        }
+        let spec = crate::config::spec_from_dsn(tenant, dsn)?;
+        let pool = TenantPool::new(spec, self.metrics.tenant(tenant))?;
+        let mut pools = self.dsn_pools.lock().expect("poisoned");
+        Ok(pools.entry(key).or_insert(pool).clone())
+    }
+
+    /// Sums the stats of a tenant's on-demand pools, if it has any.
+    pub fn dsn_stats(&self, tenant: &str) -> Option<PoolStats> {
+        let pools = self.dsn_pools.lock().expect("poisoned");
+        let mut matching = pools
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|(_, p)| p.stats());
+        let first = matching.next()?;
+        Some(matching.fold(first, |a, b| PoolStats {
+            active: a.active + b.active,
+            idle: a.idle + b.idle,
+            total: a.total + b.total,
+            max: a.max + b.max,
+            min: a.min + b.min,
+            waiting: a.waiting + b.waiting,
+            acquires_total: a.acquires_total + b.acquires_total,
+            acquire_timeouts_total: a.acquire_timeouts_total + b.acquire_timeouts_total,
+            expired_leases_total: a.expired_leases_total + b.expired_leases_total,
+            database_reachable: a.database_reachable && b.database_reachable,
+        }))
+    }
+
+    /// Makes `config` the pooler's configuration. Either everything applies or
+    /// nothing changes. Applying the version in force again does nothing.
+    pub async fn apply(&self, config: ValidConfig) -> Result<ApplyOutcome, ConfigError> {
+        let _one_at_a_time = self.apply_lock.lock().await;
+        let previous = self.applied();
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.version == config.version)
+        {
+            self.metrics.config_applied("unchanged");
+            return Ok(ApplyOutcome::Unchanged);
+        }
+        let old = self.map.load_full();
+
+        // Build everything that can fail before touching anything live.
+        let mut problems = Vec::new();
+        let mut new_pools = HashMap::new();
+        for spec in &config.tenants {
+            match old.get(&spec.id) {
+                Some(_) => {
+                    if let Err(e) = upstream_tls::connector(&spec.target) {
+                        problems.push(format!("tenant {}: {e}", spec.id));
+                    }
+                }
+                None => match TenantPool::new(spec.clone(), self.metrics.tenant(&spec.id)) {
+                    Ok(pool) => {
+                        new_pools.insert(spec.id.clone(), pool);
+                    }
+                    Err(e) => problems.push(format!("tenant {}: {e}", spec.id)),
+                },
+            }
+        }
+        if !problems.is_empty() {
+            self.metrics.config_applied("rejected");
+            return Err(ConfigError { problems });
+        }
+
+        let mut next = HashMap::with_capacity(config.tenants.len());
+        let (mut added, mut changed) = (Vec::new(), Vec::new());
+        for spec in config.tenants {
+            let id = spec.id.clone();
+            match old.get(&id) {
+                Some(pool) => {
+                    if *pool.spec() != spec {
+                        update_in_place(pool, spec);
+                        changed.push(id.clone());
+                    }
+                    next.insert(id, pool.clone());
+                }
+                None => {
+                    let pool = new_pools.remove(&id).expect("built above");
+                    added.push(id.clone());
+                    next.insert(id, pool);
+                }
+            }
+        }
+        let mut removed: Vec<String> = old
+            .keys()
+            .filter(|id| !next.contains_key(*id))
+            .cloned()
+            .collect();
+        removed.sort();
+        self.map.store(Arc::new(next));
+        for id in &removed {
+            if let Some(pool) = old.get(id) {
+                self.drain_removed(pool.clone());
+            }
+        }
+        self.metrics.set_config_version(
+            previous.as_ref().map_or("", |p| &p.version),
+            &config.version,
+        );
+        self.metrics.config_applied("applied");
+        *self.applied.lock().expect("poisoned") = Some(AppliedVersion {
+            version: config.version.clone(),
+            at: SystemTime::now(),
+        });
+        added.sort();
+        changed.sort();
+        info!(
+            version = %config.version,
+            added = ?added,
+            changed = ?changed,
+            removed = ?removed,
+            "configuration applied"
+        );
+        Ok(ApplyOutcome::Applied {
+            added,
+            changed,
+            removed,
+        })
+    }
+
+    /// A removed tenant: no new leases; open ones continue until released or
+    /// the drain timeout, then are revoked; then its pool closes.
+    fn drain_removed(&self, pool: Arc<TenantPool>) {
+        pool.start_draining();
+        self.draining.lock().expect("poisoned").push(pool.clone());
+        let leases = self.leases.clone();
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        let draining = self.draining.clone();
+        tokio::spawn(async move {
+            let mine = |l: &crate::lease::Lease| Arc::ptr_eq(&l.tenant, &pool);
+            while tokio::time::Instant::now() < deadline && !leases.select(mine).is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let left = leases.select(mine);
+            if !left.is_empty() {
+                warn!(tenant = %pool.id(), leases = left.len(), "drain deadline passed; revoking leases of the removed tenant");
+            }
+            for lease in left {
+                leases.end(&lease, Outcome::Revoked).await;
+            }
+            draining
+                .lock()
+                .expect("poisoned")
+                .retain(|p| !Arc::ptr_eq(p, &pool));
+            info!(tenant = %pool.id(), "removed tenant drained; pool closed");
+        });
+    }
+
+    /// Closes every pool (the end of a drain): idle connections close now,
+    /// and nothing new is handed out.
+    pub fn close_all(&self) {
+        for pool in self.every_pool() {
+            pool.close();
+        }
+        self.map.store(Arc::new(HashMap::new()));
+        self.dsn_pools.lock().expect("poisoned").clear();
+        self.draining.lock().expect("poisoned").clear();
+    }
+
+    /// Revokes every lease of every tenant (end of a drain).
+    pub async fn revoke_all(&self) {
+        for lease in self.leases.select(|_| true) {
+            self.leases.end(&lease, Outcome::Revoked).await;
+        }
+    }
+}
+
+fn update_in_place(pool: &TenantPool, spec: TenantSpec) {
+    let id = spec.id.clone();
+    if let Err(e) = pool.update(spec) {
+        // Checked before the swap; only a file that vanished since can fail.
+        warn!(tenant = %id, error = %e, "cannot update the tenant's connection settings");
+    }
+}
