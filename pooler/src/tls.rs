@@ -343,3 +343,6 @@ impl AsyncWrite for TlsConn {
         self.stream.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests;

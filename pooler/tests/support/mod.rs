@@ -223,6 +223,25 @@ pub struct Pooler {
     pub log_path: PathBuf,
 }
 
+impl Drop for Pooler {
+    /// Every pooler's log is scanned when its test ends: no test password may
+    /// ever appear in it, whatever the test did.
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        if std::thread::panicking() {
+            return;
+        }
+        let log = self.log();
+        assert!(
+            !log.contains(TEST_PASSWORD_PREFIX),
+            "a database password appeared in the pooler's log {}",
+            self.log_path.display()
+        );
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
