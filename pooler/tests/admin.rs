@@ -359,9 +359,8 @@ async fn live_reconfiguration_under_load_drops_nothing_and_leaks_nothing() {
             db.pooler_backends(&tenant.dbname).await
         );
     }
-    assert_eq!(
+    assert!(
         stats(&mut c, "acme").await.total_connections <= 3,
-        true,
         "shrunk pool kept surplus"
     );
     assert!(
