@@ -46,6 +46,15 @@ impl From<ApiError> for Status {
                 LeaseError::TooMany { .. } => Code::ResourceExhausted,
             },
         };
-        Status::new(code, error.to_string())
+        let message = error.to_string();
+        // What the pooler or the database caused is worth an operator's
+        // attention; a caller's own mistake only at debug level.
+        match code {
+            Code::ResourceExhausted | Code::Unavailable => {
+                tracing::warn!(code = ?code, error = %message, "lease API call failed")
+            }
+            _ => tracing::debug!(code = ?code, error = %message, "lease API call refused"),
+        }
+        Status::new(code, message)
     }
 }
