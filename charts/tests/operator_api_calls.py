@@ -41,16 +41,21 @@ def _grants(group, resource, verbs, scope):
 
 
 CONTRACT: list[Grant] = [
-    *_grants("teresa.dev", "tenantpools", ["get", "list", "watch", "patch", "update"], CLUSTER),
-    *_grants("teresa.dev", "tenantpools/status", ["get", "patch", "update"], CLUSTER),
+    # Controller reflector (list, watch); kube's finalizer helper (JSON patch).
+    *_grants("teresa.dev", "tenantpools", ["list", "watch", "patch"], CLUSTER),
+    # Status by server-side apply.
+    *_grants("teresa.dev", "tenantpools/status", ["patch"], CLUSTER),
+    # Needed where OwnerReferencesPermissionEnforcement guards finalizers.
     *_grants("teresa.dev", "tenantpools/finalizers", ["update"], CLUSTER),
-    *_grants("", "secrets", ["get", "list", "watch"], CLUSTER),
+    *_grants("", "secrets", ["list", "watch"], CLUSTER),
+    # Server-side apply of the snapshot Secret creates it the first time.
     *_grants("", "secrets", ["create"], RELEASE_NS),
-    *_grants("", "secrets", ["get", "patch", "update"], SNAPSHOT),
-    *_grants("", "pods", ["get", "list", "watch"], RELEASE_NS),
+    *_grants("", "secrets", ["patch"], SNAPSHOT),
+    *_grants("", "pods", ["list", "watch"], RELEASE_NS),
+    # kube's Recorder writes events.k8s.io/v1 Events.
     *_grants("events.k8s.io", "events", ["create", "patch"], CLUSTER),
-    *_grants("", "events", ["create", "patch"], CLUSTER),
-    *_grants("coordination.k8s.io", "leases", ["get", "list", "watch", "create", "update", "patch"], RELEASE_NS),
+    # kube-lease-manager.
+    *_grants("coordination.k8s.io", "leases", ["get", "create", "patch"], RELEASE_NS),
 ]
 
 # Rust type (last path segment, or a distinguishing path suffix) -> (group, plural).
