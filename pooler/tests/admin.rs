@@ -123,14 +123,7 @@ async fn live_reconfiguration_under_load_drops_nothing_and_leaks_nothing() {
     let mut globex = db.tenant("globex").await;
     let initech = db.tenant("initech").await;
     let gone = db.tenant("gone").await;
-    db.admin(&gone.dbname)
-        .await
-        .batch_execute(&format!(
-            "CREATE TABLE t (id int); GRANT ALL ON t TO {}",
-            gone.user
-        ))
-        .await
-        .unwrap();
+    db.create_table_t(&gone).await;
     let acme_pool =
         "pool: { maxConnections: 10, minConnections: 2, acquireTimeout: 10s, maxWaiting: 1000 }";
     let globex_pool =
@@ -333,13 +326,7 @@ async fn live_reconfiguration_under_load_drops_nothing_and_leaks_nothing() {
     );
     assert!(errors.ok.load(Ordering::Relaxed) > 100);
 
-    let committed: i64 = db
-        .admin(&gone.dbname)
-        .await
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let committed: i64 = db.count_t(&gone).await;
     assert_eq!(
         committed, 2,
         "the removed tenant's transaction committed before the deadline"
@@ -380,14 +367,7 @@ async fn a_removed_tenants_open_lease_is_rolled_back_after_the_drain_deadline() 
     let db = Db::start().await;
     let acme = db.tenant("acme").await;
     let gone = db.tenant("gone").await;
-    db.admin(&gone.dbname)
-        .await
-        .batch_execute(&format!(
-            "CREATE TABLE t (id int); GRANT ALL ON t TO {}",
-            gone.user
-        ))
-        .await
-        .unwrap();
+    db.create_table_t(&gone).await;
     let pooler = Pooler::start(
         PoolerSetup::new(&[(&acme, ""), (&gone, "")])
             .arg("--drain-timeout")
@@ -417,13 +397,7 @@ async fn a_removed_tenants_open_lease_is_rolled_back_after_the_drain_deadline() 
     .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("revoked"), "{}", err.message());
-    let rows: i64 = db
-        .admin(&gone.dbname)
-        .await
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 = db.count_t(&gone).await;
     assert_eq!(rows, 0);
     let metrics = pooler.metrics().await;
     assert!(

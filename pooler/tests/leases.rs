@@ -59,14 +59,7 @@ async fn lease_round_trip_runs_sql_on_a_real_server_connection() {
 #[tokio::test]
 async fn a_transaction_spans_several_execute_calls_on_one_lease() {
     let (db, acme, pooler) = one_tenant("").await;
-    db.admin(&acme.dbname)
-        .await
-        .batch_execute(&format!(
-            "CREATE TABLE t (id int); GRANT ALL ON t TO {}",
-            acme.user
-        ))
-        .await
-        .unwrap();
+    db.create_table_t(&acme).await;
     let mut client = pooler.client().await;
     let id = lease(&mut client, "acme").await;
 
@@ -221,14 +214,7 @@ async fn an_exhausted_pool_answers_resource_exhausted_within_the_acquire_timeout
 #[tokio::test]
 async fn an_expired_lease_is_rolled_back_returned_and_its_id_fails() {
     let (db, acme, pooler) = one_tenant("leases: { defaultTtl: 1s }").await;
-    db.admin(&acme.dbname)
-        .await
-        .batch_execute(&format!(
-            "CREATE TABLE t (id int); GRANT ALL ON t TO {}",
-            acme.user
-        ))
-        .await
-        .unwrap();
+    db.create_table_t(&acme).await;
     let mut client = pooler.client().await;
     let id = lease(&mut client, "acme").await;
     on_lease(&mut client, &id, "BEGIN", vec![]).await;

@@ -231,14 +231,7 @@ async fn metrics_can_be_served_over_plain_http() {
 async fn sigterm_turns_readiness_off_at_once_and_lets_an_open_transaction_commit() {
     let db = Db::start().await;
     let acme = db.tenant("acme").await;
-    db.admin(&acme.dbname)
-        .await
-        .batch_execute(&format!(
-            "CREATE TABLE t (id int); GRANT ALL ON t TO {}",
-            acme.user
-        ))
-        .await
-        .unwrap();
+    db.create_table_t(&acme).await;
     let mut pooler = Pooler::start(
         PoolerSetup::new(&[(&acme, "")])
             .arg("--drain-timeout")
@@ -291,13 +284,7 @@ async fn sigterm_turns_readiness_off_at_once_and_lets_an_open_transaction_commit
         started.elapsed() < Duration::from_secs(10),
         "exit waited for nothing"
     );
-    let rows: i64 = db
-        .admin(&acme.dbname)
-        .await
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 = db.count_t(&acme).await;
     assert_eq!(rows, 2);
     assert!(
         eventually(Duration::from_secs(3), || async {
@@ -312,14 +299,7 @@ async fn sigterm_turns_readiness_off_at_once_and_lets_an_open_transaction_commit
 async fn after_the_drain_deadline_an_open_lease_is_rolled_back() {
     let db = Db::start().await;
     let acme = db.tenant("acme").await;
-    db.admin(&acme.dbname)
-        .await
-        .batch_execute(&format!(
-            "CREATE TABLE t (id int); GRANT ALL ON t TO {}",
-            acme.user
-        ))
-        .await
-        .unwrap();
+    db.create_table_t(&acme).await;
     let mut pooler = Pooler::start(
         PoolerSetup::new(&[(&acme, "")])
             .arg("--drain-timeout")
@@ -338,13 +318,7 @@ async fn after_the_drain_deadline_an_open_lease_is_rolled_back() {
         took >= Duration::from_millis(900),
         "exited before the drain deadline: {took:?}"
     );
-    let rows: i64 = db
-        .admin(&acme.dbname)
-        .await
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 = db.count_t(&acme).await;
     assert_eq!(rows, 0, "the open transaction must be rolled back");
 }
 
