@@ -98,6 +98,28 @@ impl Db {
         self.pg.client(dbname).await.expect("superuser connection")
     }
 
+    /// Creates table `t (id int)` in the tenant's database, writable by its role.
+    pub async fn create_table_t(&self, tenant: &TenantDb) {
+        self.admin(&tenant.dbname)
+            .await
+            .batch_execute(&format!(
+                "CREATE TABLE t (id int); GRANT ALL ON t TO {}",
+                tenant.user
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// Rows in table `t` of the tenant's database, as the superuser sees them.
+    pub async fn count_t(&self, tenant: &TenantDb) -> i64 {
+        self.admin(&tenant.dbname)
+            .await
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// Server connections the pooler holds to `dbname` (from pg_stat_activity).
     pub async fn pooler_backends(&self, dbname: &str) -> i64 {
         let client = self.admin("postgres").await;
@@ -666,4 +688,782 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     check().await
+}
+
+// ---- fault and abuse suite: a steady load, PostgreSQL probes, the summary ----
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tonic::Code;
+
+/// How much longer than its deadline a call may take before it counts as hung.
+pub const HANG_GRACE: Duration = Duration::from_secs(1);
+
+impl Pooler {
+    /// Starts the process again on the same ports, certificates and config
+    /// file (after `signal("KILL")` and `wait_exit`), with `setup`'s tenants
+    /// and flags.
+    pub async fn restart(&mut self, setup: PoolerSetup) {
+        assert!(
+            self.child.is_none(),
+            "the previous process is still running"
+        );
+        std::fs::write(&self.config_path, &setup.tenants_yaml).unwrap();
+        self.spawn(&setup).await;
+    }
+
+    /// A channel to the lease API, for raw calls.
+    pub async fn lease_channel(&self) -> Channel {
+        self.channel(self.grpc_port, None).await.unwrap()
+    }
+}
+
+/// One backend of `pg_stat_activity`.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub pid: i32,
+    pub state: String,
+    pub query: String,
+    pub wait_event: String,
+}
+
+impl Db {
+    /// Runs SQL as the superuser on `dbname`.
+    pub async fn exec(&self, dbname: &str, sql: &str) {
+        self.admin(dbname)
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The pooler's backends on `dbname`, from `pg_stat_activity`.
+    pub async fn backends(&self, dbname: &str) -> Vec<Backend> {
+        let client = self.admin("postgres").await;
+        client
+            .query(
+                "SELECT pid, coalesce(state, ''), coalesce(query, ''), coalesce(wait_event, '') \
+                 FROM pg_stat_activity WHERE datname = $1 AND application_name = 'teresa-pooler' \
+                 ORDER BY pid",
+                &[&dbname],
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| Backend {
+                pid: row.get(0),
+                state: row.get(1),
+                query: row.get(2),
+                wait_event: row.get(3),
+            })
+            .collect()
+    }
+
+    /// Terminates the pooler's backends on `dbname` whose state is one of
+    /// `states` (all of them when empty); returns their pids.
+    pub async fn terminate_backends(&self, dbname: &str, states: &[&str]) -> Vec<i32> {
+        let client = self.admin("postgres").await;
+        let states: Vec<String> = states.iter().map(|s| (*s).to_owned()).collect();
+        // Chosen first, then terminated: WHERE clauses run in no fixed order.
+        let chosen: Vec<i32> = client
+            .query(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE datname = $1 AND application_name = 'teresa-pooler' \
+                 AND (cardinality($2::text[]) = 0 OR state = ANY($2))",
+                &[&dbname, &states],
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.get(0))
+            .collect();
+        client
+            .query(
+                "SELECT pid FROM unnest($1::int[]) AS pid WHERE pg_terminate_backend(pid)",
+                &[&chosen],
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+
+    /// Lines of the PostgreSQL server log containing `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(self.pg.log_file())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+/// Checks that a tenant's pool lost nothing: no lease or waiter left, every
+/// connection the pool counts exists on the server and vice versa, and all
+/// `max` connections can be leased at once and run SQL. Returns what it saw.
+pub async fn assert_pool_whole(
+    client: &mut LeaseClient,
+    db: &Db,
+    tenant: &TenantDb,
+    max: i32,
+) -> Result<String, String> {
+    let seen = Mutex::new((0, 0));
+    let settled = eventually(Duration::from_secs(5), || {
+        let mut client = client.clone();
+        let seen = &seen;
+        async move {
+            let s = stats(&mut client, &tenant.id).await;
+            let backends = db.pooler_backends(&tenant.dbname).await;
+            *seen.lock().unwrap() = (s.total_connections, backends);
+            s.active_leases == 0
+                && s.active_connections == 0
+                && s.waiting_clients == 0
+                && i64::from(s.total_connections) == backends
+        }
+    })
+    .await;
+    let seen = *seen.lock().unwrap();
+    let s = stats(client, &tenant.id).await;
+    if !settled {
+        return Err(format!(
+            "pool not settled: stats {s:?}, pooler backends on the server {}",
+            seen.1
+        ));
+    }
+    let mut ids = Vec::new();
+    for _ in 0..max {
+        let request = ConnectionRequest {
+            tenant_id: tenant.id.clone(),
+            ..Default::default()
+        };
+        match client.get_connection(request).await {
+            Ok(r) => ids.push(r.into_inner().connection_id),
+            Err(e) => {
+                return Err(format!(
+                    "only {} of {max} connections could be leased: {e:?}",
+                    ids.len()
+                ));
+            }
+        }
+    }
+    for id in &ids {
+        let outcome = on_lease(client, id, "SELECT 1", vec![]).await;
+        if outcome.sql_error.is_some() || outcome.rows.len() != 1 {
+            return Err(format!("a leased connection is unusable: {outcome:?}"));
+        }
+    }
+    let backends = db.pooler_backends(&tenant.dbname).await;
+    for id in &ids {
+        release(client, id).await;
+    }
+    if backends != i64::from(max) {
+        return Err(format!(
+            "{max} leases held, but {backends} pooler backends on the server"
+        ));
+    }
+    Ok(format!(
+        "stats total {} = pg_stat_activity {}, leases 0, {max}/{max} leasable",
+        seen.0, seen.1
+    ))
+}
+
+/// What kind of work one operation of the load did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// One Execute given only a tenant.
+    OneShot,
+    /// GetConnection, BEGIN, SELECT, COMMIT, ReleaseConnection.
+    LeaseCycle,
+}
+
+/// How one operation ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpResult {
+    Ok,
+    /// Refused before the pooler took the work on (the status of
+    /// GetConnection, or of the Execute call before its stream started).
+    Refused(Code, String),
+    /// Failed after the pooler took the work on (on a granted lease, or in a
+    /// started stream). `None`: a SQL error in the stream (SQLSTATE in text).
+    InFlight(Option<Code>, String),
+    /// Answered with a value other than the one asked for.
+    WrongResult(String),
+    /// No answer within the call's deadline plus [`HANG_GRACE`].
+    Hung(String),
+}
+
+/// One operation of the load, timed from the start of the load.
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub client: usize,
+    pub kind: OpKind,
+    pub tenant: String,
+    pub start: Duration,
+    pub end: Duration,
+    pub result: OpResult,
+}
+
+impl Op {
+    pub fn ok(&self) -> bool {
+        self.result == OpResult::Ok
+    }
+
+    pub fn latency(&self) -> Duration {
+        self.end.saturating_sub(self.start)
+    }
+}
+
+/// The shape of a steady load.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// Client `i` works on `tenants[i % len]`.
+    pub tenants: Vec<String>,
+    pub clients: usize,
+    /// Even clients start with a one-shot, odd ones with a lease cycle; each
+    /// then alternates.
+    pub deadline: Duration,
+    /// Pause after a successful operation.
+    pub think: Duration,
+    /// Pause after a failed one.
+    pub backoff: Duration,
+    /// HTTP/2 connections shared by the clients.
+    pub channels: usize,
+}
+
+impl LoadSpec {
+    /// The issue's steady load: 32 clients mixing one-shot Execute and lease
+    /// cycles, each call with a 3 s deadline.
+    pub fn steady(tenants: &[&str]) -> Self {
+        LoadSpec {
+            tenants: tenants.iter().map(|t| (*t).to_owned()).collect(),
+            clients: 32,
+            deadline: Duration::from_secs(3),
+            think: Duration::from_millis(20),
+            backoff: Duration::from_millis(50),
+            channels: 4,
+        }
+    }
+
+    pub fn clients(mut self, n: usize) -> Self {
+        self.clients = n;
+        self
+    }
+}
+
+/// A running load; [`Load::stop`] ends it and returns every operation.
+pub struct Load {
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Op>>>,
+}
+
+impl Load {
+    pub async fn start(pooler: &Pooler, spec: LoadSpec) -> Load {
+        let mut channels = Vec::new();
+        for _ in 0..spec.channels.max(1) {
+            channels.push(pooler.client().await);
+        }
+        let started = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..spec.clients)
+            .map(|i| {
+                let client = channels[i % channels.len()].clone();
+                let tenant = spec.tenants[i % spec.tenants.len()].clone();
+                tokio::spawn(load_client(
+                    i,
+                    client,
+                    tenant,
+                    spec.clone(),
+                    started,
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        Load {
+            started,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Time since the load started; marks events on the operations' clock.
+    pub fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut ops = Vec::new();
+        for task in self.tasks {
+            ops.extend(task.await.expect("load client panicked"));
+        }
+        ops.sort_by_key(|op| op.start);
+        LoadReport { ops }
+    }
+}
+
+async fn load_client(
+    index: usize,
+    mut client: LeaseClient,
+    tenant: String,
+    spec: LoadSpec,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut n: i64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let kind = if (index as i64 + n) % 2 == 0 {
+            OpKind::OneShot
+        } else {
+            OpKind::LeaseCycle
+        };
+        // Unique per operation, so a crossed result cannot go unnoticed.
+        let value = ((index as i64) << 32) | n;
+        let start = started.elapsed();
+        let result = match kind {
+            OpKind::OneShot => one_shot_op(&mut client, &tenant, value, spec.deadline).await,
+            OpKind::LeaseCycle => lease_cycle_op(&mut client, &tenant, value, spec.deadline).await,
+        };
+        let ok = result == OpResult::Ok;
+        ops.push(Op {
+            client: index,
+            kind,
+            tenant: tenant.clone(),
+            start,
+            end: started.elapsed(),
+            result,
+        });
+        n += 1;
+        tokio::time::sleep(if ok { spec.think } else { spec.backoff }).await;
+    }
+    ops
+}
+
+fn with_deadline<T>(message: T, deadline: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(deadline);
+    request
+}
+
+/// Runs `call`, turning "no answer by the deadline plus grace" into Hung.
+async fn bounded<T>(
+    deadline: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, OpResult> {
+    tokio::time::timeout(deadline + HANG_GRACE, call)
+        .await
+        .map_err(|_| OpResult::Hung(format!("{what}: no answer after {deadline:?} + grace")))
+}
+
+/// Runs one statement and returns its outcome; `refused` tells how an error
+/// status of the call itself is classified.
+async fn execute_op(
+    client: &mut LeaseClient,
+    request: ExecuteRequest,
+    deadline: Duration,
+    on_lease: bool,
+) -> Result<Outcome, OpResult> {
+    let what = format!("Execute {:?}", request.sql);
+    bounded(deadline, &what, async {
+        let mut stream = match client.execute(with_deadline(request, deadline)).await {
+            Ok(response) => response.into_inner(),
+            Err(s) if on_lease => {
+                return Err(OpResult::InFlight(Some(s.code()), s.message().to_owned()));
+            }
+            Err(s) => return Err(OpResult::Refused(s.code(), s.message().to_owned())),
+        };
+        let mut outcome = Outcome::default();
+        loop {
+            match stream.message().await {
+                Ok(Some(message)) => collect(&mut outcome, message),
+                Ok(None) => break,
+                Err(s) => return Err(OpResult::InFlight(Some(s.code()), s.message().to_owned())),
+            }
+        }
+        if let Some((sqlstate, message)) = &outcome.sql_error {
+            return Err(OpResult::InFlight(
+                None,
+                format!("SQLSTATE {sqlstate}: {message}"),
+            ));
+        }
+        Ok(outcome)
+    })
+    .await?
+}
+
+fn check_value(outcome: &Outcome, value: i64) -> Result<(), OpResult> {
+    match outcome
+        .rows
+        .first()
+        .and_then(|r| r.first())
+        .map(|v| &v.kind)
+    {
+        Some(Some(V::Int64(n))) if *n == value => Ok(()),
+        other => Err(OpResult::WrongResult(format!(
+            "asked for {value}, got {other:?}"
+        ))),
+    }
+}
+
+async fn one_shot_op(
+    client: &mut LeaseClient,
+    tenant: &str,
+    value: i64,
+    deadline: Duration,
+) -> OpResult {
+    let request = ExecuteRequest {
+        tenant_id: tenant.to_owned(),
+        sql: "SELECT $1::int8".into(),
+        params: vec![int(value)],
+        ..Default::default()
+    };
+    match execute_op(client, request, deadline, false).await {
+        Ok(outcome) => check_value(&outcome, value).err().unwrap_or(OpResult::Ok),
+        Err(result) => result,
+    }
+}
+
+async fn lease_cycle_op(
+    client: &mut LeaseClient,
+    tenant: &str,
+    value: i64,
+    deadline: Duration,
+) -> OpResult {
+    let request = ConnectionRequest {
+        tenant_id: tenant.to_owned(),
+        ..Default::default()
+    };
+    let granted = bounded(
+        deadline,
+        "GetConnection",
+        client.get_connection(with_deadline(request, deadline)),
+    )
+    .await;
+    let id = match granted {
+        Ok(Ok(response)) => response.into_inner().connection_id,
+        Ok(Err(s)) => return OpResult::Refused(s.code(), s.message().to_owned()),
+        Err(hung) => return hung,
+    };
+    let result = lease_work(client, &id, value, deadline).await;
+    let release_request = ConnectionRelease {
+        connection_id: id.clone(),
+    };
+    let released = bounded(
+        deadline,
+        "ReleaseConnection",
+        client.release_connection(with_deadline(release_request, deadline)),
+    )
+    .await;
+    match (result, released) {
+        (Err(first), _) => first,
+        (Ok(()), Ok(Ok(_))) => OpResult::Ok,
+        (Ok(()), Ok(Err(s))) => OpResult::InFlight(
+            Some(s.code()),
+            format!("ReleaseConnection: {}", s.message()),
+        ),
+        (Ok(()), Err(hung)) => hung,
+    }
+}
+
+async fn lease_work(
+    client: &mut LeaseClient,
+    id: &str,
+    value: i64,
+    deadline: Duration,
+) -> Result<(), OpResult> {
+    for (sql, params) in [
+        ("BEGIN", vec![]),
+        ("SELECT $1::int8", vec![int(value)]),
+        ("COMMIT", vec![]),
+    ] {
+        let request = ExecuteRequest {
+            connection_id: id.to_owned(),
+            sql: sql.into(),
+            params,
+            ..Default::default()
+        };
+        let outcome = execute_op(client, request, deadline, true).await?;
+        if sql.starts_with("SELECT") {
+            check_value(&outcome, value)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every operation of a finished load.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    pub ops: Vec<Op>,
+}
+
+impl LoadReport {
+    /// The operations that started within `[from, to)`.
+    pub fn started_between(&self, from: Duration, to: Duration) -> LoadReport {
+        LoadReport {
+            ops: self
+                .ops
+                .iter()
+                .filter(|op| op.start >= from && op.start < to)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    pub fn filter(&self, keep: impl Fn(&Op) -> bool) -> Vec<&Op> {
+        self.ops.iter().filter(|op| keep(op)).collect()
+    }
+
+    pub fn ok(&self) -> usize {
+        self.filter(Op::ok).len()
+    }
+
+    pub fn failed(&self) -> Vec<&Op> {
+        self.filter(|op| !op.ok())
+    }
+
+    pub fn hung(&self) -> Vec<&Op> {
+        self.filter(|op| matches!(op.result, OpResult::Hung(_)))
+    }
+
+    pub fn wrong(&self) -> Vec<&Op> {
+        self.filter(|op| matches!(op.result, OpResult::WrongResult(_)))
+    }
+
+    pub fn in_flight(&self) -> Vec<&Op> {
+        self.filter(|op| matches!(op.result, OpResult::InFlight(..)))
+    }
+
+    /// Failures other than the given status codes (refused or in flight).
+    pub fn failed_except(&self, codes: &[Code]) -> Vec<&Op> {
+        self.filter(|op| match &op.result {
+            OpResult::Ok => false,
+            OpResult::Refused(code, _) | OpResult::InFlight(Some(code), _) => !codes.contains(code),
+            _ => true,
+        })
+    }
+
+    /// Failures other than a lost server connection: UNAVAILABLE, or
+    /// FAILED_PRECONDITION on a lease that lost its connection.
+    pub fn failed_other_than_connection_loss(&self) -> Vec<&Op> {
+        self.filter(|op| match &op.result {
+            OpResult::Ok => false,
+            OpResult::Refused(code, _) | OpResult::InFlight(Some(code), _)
+                if *code == Code::Unavailable =>
+            {
+                false
+            }
+            OpResult::InFlight(Some(Code::FailedPrecondition), message) => {
+                !message.contains("lost its server connection")
+            }
+            _ => true,
+        })
+    }
+
+    /// Counts by outcome, e.g. "1210 ok, 12 refused Unavailable, 3 in flight Unavailable".
+    pub fn summary(&self) -> String {
+        let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+        for op in &self.ops {
+            let key = match &op.result {
+                OpResult::Ok => "ok".to_owned(),
+                OpResult::Refused(code, _) => format!("refused {code:?}"),
+                OpResult::InFlight(Some(code), _) => format!("in-flight {code:?}"),
+                OpResult::InFlight(None, message) => format!(
+                    "in-flight SQL error {}",
+                    message.split(':').next().unwrap_or_default()
+                ),
+                OpResult::WrongResult(_) => "wrong result".to_owned(),
+                OpResult::Hung(_) => "hung".to_owned(),
+            };
+            *counts.entry(key).or_default() += 1;
+        }
+        counts
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The first few distinct failures, for a test's message.
+    pub fn examples(&self, ops: &[&Op]) -> String {
+        let mut seen = Vec::new();
+        for op in ops {
+            let text = format!("{:?}", op.result);
+            if !seen.contains(&text) {
+                seen.push(text);
+            }
+            if seen.len() == 4 {
+                break;
+            }
+        }
+        seen.join(" | ")
+    }
+
+    /// The `p`-quantile (0..=1) of successful operations' latency.
+    pub fn percentile(&self, p: f64, kind: Option<OpKind>) -> Duration {
+        let mut latencies: Vec<Duration> = self
+            .ops
+            .iter()
+            .filter(|op| op.ok() && kind.is_none_or(|k| op.kind == k))
+            .map(Op::latency)
+            .collect();
+        if latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        latencies.sort();
+        let rank = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1]
+    }
+
+    pub fn max_latency(&self) -> Duration {
+        self.ops.iter().map(Op::latency).max().unwrap_or_default()
+    }
+
+    /// How long after `since` the load was healthy again: the end of the
+    /// first successful operation that started after the last failure (or
+    /// since `since` if nothing failed after it). `None` if nothing succeeded.
+    pub fn healthy_again_after(&self, since: Duration) -> Option<Duration> {
+        let last_failure = self
+            .ops
+            .iter()
+            .filter(|op| !op.ok() && op.end >= since)
+            .map(|op| op.start)
+            .max();
+        let from = last_failure.unwrap_or(since);
+        self.ops
+            .iter()
+            .filter(|op| op.ok() && op.start >= from)
+            .map(|op| op.end)
+            .min()
+            .map(|end| end.saturating_sub(since))
+    }
+}
+
+/// Milliseconds, for tables.
+pub fn ms(d: Duration) -> String {
+    if d >= Duration::from_secs(10) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+/// One row of `target/fault-summary.md`: what was done, what should happen,
+/// what did happen. Written when the test passes, and as FAIL when a check
+/// fails or the test ends early.
+pub struct Finding {
+    id: String,
+    fault: String,
+    expected: String,
+    observed: Vec<String>,
+    written: bool,
+}
+
+static SUMMARY: Mutex<()> = Mutex::new(());
+
+impl Finding {
+    /// `id` orders the table (F1..F9 faults, B01.. bad input).
+    pub fn new(id: &str, fault: &str, expected: &str) -> Finding {
+        Finding {
+            id: id.to_owned(),
+            fault: fault.to_owned(),
+            expected: expected.to_owned(),
+            observed: Vec::new(),
+            written: false,
+        }
+    }
+
+    pub fn observe(&mut self, text: impl Into<String>) {
+        self.observed.push(text.into());
+    }
+
+    /// Asserts `ok`; a failed check is written to the summary, then panics.
+    #[track_caller]
+    pub fn check(&mut self, ok: bool, what: impl Into<String>) {
+        if !ok {
+            let what = what.into();
+            self.observed.push(format!("FAILED: {what}"));
+            self.write(false);
+            panic!("[{}] {}: {what}", self.id, self.fault);
+        }
+    }
+
+    /// All checks held: written as PASS.
+    pub fn pass(mut self) {
+        self.write(true);
+    }
+
+    fn write(&mut self, pass: bool) {
+        self.written = true;
+        let cell = |s: &str| s.replace('|', "\\|").replace('\n', " ");
+        let row = format!(
+            "| {} | {} | {} | {} | {} |\n",
+            self.id,
+            cell(&self.fault),
+            cell(&self.expected),
+            cell(&self.observed.join("; ")),
+            if pass { "PASS" } else { "**FAIL**" }
+        );
+        let _one_writer = SUMMARY.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fault-summary");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{}.md", self.id)), &row).unwrap();
+        let mut rows: Vec<(String, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                Some((name, std::fs::read_to_string(e.path()).ok()?))
+            })
+            .collect();
+        rows.sort_by_key(|(name, _)| sort_key(name));
+        let mut table = String::from(
+            "# Teresa fault and abuse suite\n\n\
+             Written by `cargo test -p teresa-pooler --test faults --test bad_input` \
+             (pooler/tests/faults.rs, pooler/tests/bad_input.rs): real PostgreSQL 15, \
+             real `teresa-pooler` processes over TLS; every fault runs under a steady load \
+             of 32 clients mixing one-shot Execute and lease cycles, every bad input beside \
+             8 bystander clients on another tenant. Figures are from the last run on this \
+             machine (2 cores, debug build).\n\n\
+             | # | Fault or input | Expected | Observed | Pass |\n\
+             |---|---|---|---|---|\n",
+        );
+        for (_, row) in &rows {
+            table.push_str(row);
+        }
+        let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("CARGO_TARGET_TMPDIR is target/tmp")
+            .join("fault-summary.md");
+        let partial = target.with_extension(format!("md.{}", std::process::id()));
+        std::fs::write(&partial, &table).unwrap();
+        std::fs::rename(&partial, &target).unwrap();
+        println!("{row}");
+        println!("summary: {}\n{table}", target.display());
+    }
+}
+
+/// Faults before bad input; F2 before F6b before F10.
+fn sort_key(name: &str) -> (bool, u32, String) {
+    let stem = name.trim_end_matches(".md");
+    let number: String = stem
+        .chars()
+        .skip(1)
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let rest = stem[1 + number.len()..].to_owned();
+    (!stem.starts_with('F'), number.parse().unwrap_or(0), rest)
+}
+
+impl Drop for Finding {
+    fn drop(&mut self) {
+        if !self.written {
+            self.observed
+                .push("the test ended before its checks finished".into());
+            self.write(false);
+        }
+    }
 }
