@@ -211,9 +211,17 @@ fn duration(text: &str) -> Result<Duration, String> {
 /// Sets up tracing: JSON or text, level from the flag, else RUST_LOG, else info.
 pub fn init_logging(format: LogFormatChoice, level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
+    // The driver reports PostgreSQL notices at info, such as the warning of
+    // the session reset's ROLLBACK when no transaction was open: one line per
+    // lease. They stay visible at debug.
+    let quiet_driver = |filter: EnvFilter| match "tokio_postgres=warn".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let filter = match level {
         Some(level) => EnvFilter::new(level),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| quiet_driver(EnvFilter::new("info"))),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

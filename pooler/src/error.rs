@@ -39,9 +39,10 @@ impl From<ApiError> for Status {
             },
             ApiError::Lease(e) => match e {
                 LeaseError::Malformed | LeaseError::NotFound(_) => Code::NotFound,
-                LeaseError::Released(_) | LeaseError::Expired(_) | LeaseError::Revoked(_) => {
-                    Code::FailedPrecondition
-                }
+                LeaseError::Released(_)
+                | LeaseError::Expired(_)
+                | LeaseError::Revoked(_)
+                | LeaseError::Lost(_) => Code::FailedPrecondition,
                 LeaseError::Foreign(_) => Code::PermissionDenied,
                 LeaseError::TooMany { .. } => Code::ResourceExhausted,
             },

@@ -73,6 +73,8 @@ pub struct Statement {
     pub sql: String,
     pub params: Vec<teresa_proto::connectionpool::Value>,
     pub batch_rows: usize,
+    /// When the call's deadline (`grpc-timeout`) passes, if it set one.
+    pub deadline: Option<Instant>,
 }
 
 /// Starts the statement and returns its result stream.
@@ -87,7 +89,29 @@ type Tx = mpsc::Sender<Result<ExecuteResponse, Status>>;
 async fn run(target: Target, statement: Statement, tx: Tx) {
     let keyword = session::leading_keyword(&statement.sql);
     let started = Instant::now();
-    let outcome = stream_statement(target.conn(), target.tenant(), &statement, &keyword, &tx).await;
+    let conn = target.conn();
+    let tenant = target.tenant();
+    // Watched for the whole statement, not only while rows stream: PostgreSQL
+    // sends nothing, not even BindComplete, until a long statement produces
+    // its first row. tonic times a call only until its response starts, so
+    // the deadline of a streaming call is enforced here.
+    let outcome = tokio::select! {
+        outcome = stream_statement(conn, tenant, &statement, &keyword, &tx) => outcome,
+        _ = tx.closed() => {
+            debug!(tenant = %tenant.id(), "client went away; cancelling its statement");
+            tenant.upstream().cancel(&conn.cancel_token()).await;
+            Finished::Cancelled
+        }
+        _ = passes(statement.deadline) => {
+            tenant.upstream().cancel(&conn.cancel_token()).await;
+            let _ = tx
+                .send(Err(Status::deadline_exceeded(
+                    "the call's deadline passed before the statement finished; it was cancelled on the server",
+                )))
+                .await;
+            Finished::Cancelled
+        }
+    };
     let ok = matches!(outcome, Finished::Complete);
     target
         .tenant()
@@ -105,14 +129,19 @@ async fn run(target: Target, statement: Statement, tx: Tx) {
             conn,
         } => {
             lease.session.mark(SessionMarks::USED | marks);
-            let broken = conn.as_ref().is_some_and(|c| c.is_closed());
+            let broken = outcome == Finished::Lost || conn.as_ref().is_some_and(|c| c.is_closed());
             drop(conn);
             if broken {
                 debug!(lease = %lease.id, "server connection lost; ending the lease");
-                leases.end(&lease, Outcome::Revoked).await;
+                leases.end(&lease, Outcome::Lost).await;
             }
         }
         Target::OneShot { tenant, conn } => {
+            if outcome == Finished::Lost {
+                // The server ended the session; its socket may not be closed yet.
+                drop(Object::take(*conn));
+                return;
+            }
             let marks = if session::one_shot_needs_reset(&keyword) || outcome == Finished::Cancelled
             {
                 SessionMarks::USED | marks
@@ -124,12 +153,22 @@ async fn run(target: Target, statement: Statement, tx: Tx) {
     }
 }
 
+/// Resolves when `deadline` passes; never without one.
+async fn passes(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Finished {
     Complete,
     SqlError,
     Failed,
     Cancelled,
+    /// The server ended the session (FATAL or PANIC): the connection is gone.
+    Lost,
 }
 
 async fn stream_statement(
@@ -281,9 +320,30 @@ async fn send(tx: &Tx, kind: Kind) -> bool {
 }
 
 /// A SQL error goes into the stream with its SQLSTATE; a lost connection or
-/// other I/O failure ends the stream with UNAVAILABLE.
+/// other I/O failure ends the stream with UNAVAILABLE. So does an error of
+/// severity FATAL or PANIC (shutdown, `pg_terminate_backend`, a crash): the
+/// server ended the session, so it is an outage, not the client's SQL error.
 async fn send_error(tx: &Tx, e: tokio_postgres::Error) -> Finished {
     match e.as_db_error() {
+        Some(db)
+            if matches!(
+                db.parsed_severity(),
+                Some(
+                    tokio_postgres::error::Severity::Fatal | tokio_postgres::error::Severity::Panic
+                )
+            ) =>
+        {
+            let _ = tx
+                .send(Err(Status::unavailable(format!(
+                    "the server connection was lost: PostgreSQL ended the session ({} {}: {}); \
+                     retry, on a new lease if this was one",
+                    db.severity(),
+                    db.code().code(),
+                    db.message()
+                ))))
+                .await;
+            Finished::Lost
+        }
         Some(db) => {
             let error = SqlError {
                 sqlstate: db.code().code().to_owned(),
@@ -298,7 +358,7 @@ async fn send_error(tx: &Tx, e: tokio_postgres::Error) -> Finished {
         None => {
             let _ = tx
                 .send(Err(Status::unavailable(format!(
-                    "the server connection failed: {e}"
+                    "the server connection failed ({e}); retry, on a new lease if this was one"
                 ))))
                 .await;
             Finished::Failed

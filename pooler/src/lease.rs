@@ -54,6 +54,8 @@ pub enum Outcome {
     Expired,
     /// The pooler took it back (drain deadline, tenant removed).
     Revoked,
+    /// Its server connection was closed by the server or the network.
+    Lost,
 }
 
 impl Outcome {
@@ -62,7 +64,8 @@ impl Outcome {
         match self {
             Outcome::Released => "released",
             Outcome::Expired => "expired",
-            Outcome::Revoked => "revoked",
+            // The metric names fix three outcomes; a lost connection is a revocation.
+            Outcome::Revoked | Outcome::Lost => "revoked",
         }
     }
 }
@@ -84,6 +87,10 @@ pub enum LeaseError {
         "lease {0} was revoked by the pooler (drain or tenant removal); its open transaction was rolled back. Take a new lease"
     )]
     Revoked(LeaseId),
+    #[error(
+        "lease {0} lost its server connection (PostgreSQL closed it: restart, failover or pg_terminate_backend), which rolled back its open transaction. Take a new lease"
+    )]
+    Lost(LeaseId),
     #[error("lease {0} belongs to another client identity")]
     Foreign(LeaseId),
     #[error(
@@ -281,6 +288,7 @@ impl LeaseTable {
             Some(Outcome::Released) => LeaseError::Released(id),
             Some(Outcome::Expired) => LeaseError::Expired(id),
             Some(Outcome::Revoked) => LeaseError::Revoked(id),
+            Some(Outcome::Lost) => LeaseError::Lost(id),
             None => LeaseError::NotFound(id),
         }
     }

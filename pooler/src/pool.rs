@@ -360,6 +360,13 @@ impl TenantPool {
         drop(spec);
         let started = Instant::now();
         match tokio::time::timeout(budget, self.pool.get()).await {
+            // A connect that hangs (an unroutable database) is an outage, not contention.
+            Err(_) if !self.counters.reachable.load(Ordering::Relaxed) => {
+                Err(AcquireError::Unavailable {
+                    tenant: self.id.clone(),
+                    reason: "no server connection could be opened in time".into(),
+                })
+            }
             Err(_) | Ok(Err(PoolError::Timeout(deadpool_postgres::TimeoutType::Wait))) => {
                 Err(AcquireError::Timeout {
                     tenant: self.id.clone(),

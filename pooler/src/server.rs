@@ -256,7 +256,17 @@ pub async fn serve(
         .set_not_serving::<ConnectionPoolServiceServer<LeaseService>>()
         .await;
     let deadline = tokio::time::Instant::now() + options.drain_timeout;
-    while state.leases.count(None) > 0 && tokio::time::Instant::now() < deadline {
+    // Callers already waiting inside GetConnection may still be granted a
+    // lease, so the drain waits for them too.
+    let busy = |state: &PoolerState| {
+        state.leases.count(None) > 0
+            || state
+                .tenants
+                .every_pool()
+                .iter()
+                .any(|pool| pool.stats().waiting > 0)
+    };
+    while busy(&state) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let left = state.leases.count(None);

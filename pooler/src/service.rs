@@ -271,6 +271,7 @@ impl ConnectionPoolService for LeaseService {
         request: Request<ExecuteRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
         let caller = caller(&request);
+        let deadline_at = deadline(&request).map(|left| std::time::Instant::now() + left);
         let req = request.get_ref();
         if req.sql.trim().is_empty() {
             return Err(ApiError::InvalidArgument("sql must not be empty".into()).into());
@@ -281,6 +282,14 @@ impl ConnectionPoolService for LeaseService {
                 req.sql.len(),
                 self.state.limits.max_sql_bytes
             ))
+            .into());
+        }
+        if req.sql.contains('\0') {
+            // The wire protocol ends strings at NUL; the driver would refuse it
+            // only after the connection was taken, as if the server failed.
+            return Err(ApiError::InvalidArgument(
+                "sql contains a NUL character (\\0), which PostgreSQL cannot accept".into(),
+            )
             .into());
         }
         if req.params.len() > self.state.limits.max_params {
@@ -343,6 +352,7 @@ impl ConnectionPoolService for LeaseService {
                 sql: req.sql,
                 params: req.params,
                 batch_rows,
+                deadline: deadline_at,
             },
         )))
     }
