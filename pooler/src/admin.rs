@@ -93,7 +93,6 @@ impl PoolerAdmin for AdminService {
 /// The pooler's status as the admin API reports it.
 pub fn status(state: &PoolerState) -> PoolerStatus {
     let applied = state.tenants.applied();
-    let leases = state.leases.counts_by_tenant();
     let mut tenants: Vec<TenantStatus> = state
         .tenants
         .every_pool()
@@ -109,7 +108,7 @@ pub fn status(state: &PoolerState) -> PoolerStatus {
                 max_connections: int(s.max),
                 min_connections: int(s.min),
                 waiting_clients: int(s.waiting),
-                active_leases: leases.get(pool.id()).copied().unwrap_or(0) as i32,
+                active_leases: pool.lease_count().min(i32::MAX as usize) as i32,
                 acquires_total: s.acquires_total,
                 acquire_timeouts_total: s.acquire_timeouts_total,
                 expired_leases_total: s.expired_leases_total,

@@ -28,14 +28,19 @@ pub const DEFAULT_BATCH_ROWS: usize = 256;
 /// Largest rows-per-batch a client may ask for.
 pub const MAX_BATCH_ROWS: usize = 10_000;
 /// A batch is sent once its values reach about this many bytes.
-const MAX_BATCH_BYTES: usize = 1 << 20;
-/// Messages buffered per stream; with the batch bound, this bounds memory.
-const STREAM_BUFFER: usize = 2;
+const MAX_BATCH_BYTES: usize = 256 << 10;
+/// Messages buffered per stream; with the batch bound, this bounds memory
+/// (about 1 MiB a stream). Room for columns, rows and completion of a small
+/// result, so they leave in one write.
+const STREAM_BUFFER: usize = 4;
+/// How long a response waits for its first message before its headers go.
+const FIRST_MESSAGE_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 /// Prepared statements cached per connection before the cache is cleared.
 const MAX_CACHED_STATEMENTS: usize = 512;
 
 /// The stream an Execute call returns.
-pub type ResultStream = tokio_stream::wrappers::ReceiverStream<Result<ExecuteResponse, Status>>;
+pub type ResultStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<ExecuteResponse, Status>> + Send>>;
 
 /// The connection a statement runs on.
 pub enum Target {
@@ -77,11 +82,19 @@ pub struct Statement {
     pub deadline: Option<Instant>,
 }
 
-/// Starts the statement and returns its result stream.
-pub fn spawn(target: Target, statement: Statement) -> ResultStream {
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+/// Starts the statement and returns its result stream, once the first
+/// message is ready if that is quick: the response headers then leave with it
+/// (and, for a small result, with the rest and the trailers) in one write. A
+/// slow statement gets its headers at once, so the call's deadline and the
+/// client's cancellation keep working through the stream.
+pub async fn spawn(target: Target, statement: Statement) -> ResultStream {
+    let (tx, mut rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(run(target, statement, tx));
-    ResultStream::new(rx)
+    let first = tokio::time::timeout(FIRST_MESSAGE_WAIT, rx.recv())
+        .await
+        .ok()
+        .flatten();
+    Box::pin(futures::stream::iter(first).chain(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
 type Tx = mpsc::Sender<Result<ExecuteResponse, Status>>;

@@ -188,7 +188,35 @@ impl Clock {
 pub struct LeaseTable {
     clock: Clock,
     live: Mutex<HashMap<LeaseId, Arc<Lease>>>,
-    ended: Mutex<HashMap<LeaseId, (Outcome, Instant)>>,
+    ended: Mutex<EndedIds>,
+}
+
+/// Recently ended lease ids in two generations: lookups see both, and when
+/// the current one is full or old the previous is dropped whole, so
+/// remembering never scans.
+#[derive(Default)]
+struct EndedIds {
+    current: HashMap<LeaseId, Outcome>,
+    previous: HashMap<LeaseId, Outcome>,
+    since: Option<Instant>,
+}
+
+impl EndedIds {
+    fn get(&self, id: &LeaseId) -> Option<Outcome> {
+        self.current
+            .get(id)
+            .or_else(|| self.previous.get(id))
+            .copied()
+    }
+
+    fn insert(&mut self, id: LeaseId, outcome: Outcome) {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if self.current.len() >= REMEMBER_ENDED_MAX / 2 || since.elapsed() >= REMEMBER_ENDED / 2 {
+            self.previous = std::mem::take(&mut self.current);
+            self.since = Some(Instant::now());
+        }
+        self.current.insert(id, outcome);
+    }
 }
 
 impl Default for LeaseTable {
@@ -202,7 +230,7 @@ impl LeaseTable {
         LeaseTable {
             clock: Clock::new(),
             live: Mutex::new(HashMap::new()),
-            ended: Mutex::new(HashMap::new()),
+            ended: Mutex::new(EndedIds::default()),
         }
     }
 
@@ -257,6 +285,7 @@ impl LeaseTable {
         }
         live.insert(lease.id, lease.clone());
         drop(live);
+        lease.tenant.count_lease(true);
         debug!(tenant = %lease.tenant.id(), lease = %lease.id, owner = %owner, "lease granted");
         Ok(lease)
     }
@@ -278,13 +307,7 @@ impl LeaseTable {
     }
 
     fn ended_error(&self, id: LeaseId) -> LeaseError {
-        match self
-            .ended
-            .lock()
-            .expect("lease table poisoned")
-            .get(&id)
-            .map(|(outcome, _)| *outcome)
-        {
+        match self.ended.lock().expect("lease table poisoned").get(&id) {
             Some(Outcome::Released) => LeaseError::Released(id),
             Some(Outcome::Expired) => LeaseError::Expired(id),
             Some(Outcome::Revoked) => LeaseError::Revoked(id),
@@ -328,6 +351,7 @@ impl LeaseTable {
         if !removed {
             return;
         }
+        lease.tenant.count_lease(false);
         self.remember(lease.id, outcome);
         if outcome != Outcome::Released && lease.conn.try_lock().is_err() {
             // A statement is running on a lease the client no longer owns.
@@ -345,15 +369,10 @@ impl LeaseTable {
     }
 
     fn remember(&self, id: LeaseId, outcome: Outcome) {
-        let mut ended = self.ended.lock().expect("lease table poisoned");
-        if ended.len() >= REMEMBER_ENDED_MAX {
-            let cutoff = Instant::now() - REMEMBER_ENDED;
-            ended.retain(|_, (_, at)| *at > cutoff);
-            if ended.len() >= REMEMBER_ENDED_MAX {
-                ended.clear();
-            }
-        }
-        ended.insert(id, (outcome, Instant::now()));
+        self.ended
+            .lock()
+            .expect("lease table poisoned")
+            .insert(id, outcome);
     }
 
     /// Leases held now, optionally only those of one tenant.
@@ -363,15 +382,6 @@ impl LeaseTable {
             None => live.len(),
             Some(t) => live.values().filter(|l| l.tenant.id() == t).count(),
         }
-    }
-
-    /// Live lease counts per tenant id, for metrics and status.
-    pub fn counts_by_tenant(&self) -> HashMap<String, usize> {
-        let mut counts = HashMap::new();
-        for lease in self.live.lock().expect("lease table poisoned").values() {
-            *counts.entry(lease.tenant.id().to_owned()).or_insert(0) += 1;
-        }
-        counts
     }
 
     /// The live leases matching `filter`.

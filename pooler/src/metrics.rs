@@ -146,6 +146,9 @@ impl Metrics {
             metrics: self.clone(),
             acquire_duration: self.acquire_duration.with_label_values(&[tenant]),
             query_duration: self.query_duration.with_label_values(&[tenant]),
+            leases_released: self.leases_total.with_label_values(&[tenant, "released"]),
+            leases_expired: self.leases_total.with_label_values(&[tenant, "expired"]),
+            leases_revoked: self.leases_total.with_label_values(&[tenant, "revoked"]),
             queries_ok: self.queries_total.with_label_values(&[tenant, "ok"]),
             queries_error: self.queries_total.with_label_values(&[tenant, "error"]),
         }
@@ -202,6 +205,9 @@ pub struct TenantMetrics {
     metrics: Metrics,
     pub acquire_duration: Histogram,
     pub query_duration: Histogram,
+    leases_released: IntCounter,
+    leases_expired: IntCounter,
+    leases_revoked: IntCounter,
     queries_ok: IntCounter,
     queries_error: IntCounter,
 }
@@ -215,10 +221,11 @@ impl TenantMetrics {
     }
 
     pub fn lease_ended(&self, outcome: &str) {
-        self.metrics
-            .leases_total
-            .with_label_values(&[&self.tenant, outcome])
-            .inc();
+        match outcome {
+            "released" => self.leases_released.inc(),
+            "expired" => self.leases_expired.inc(),
+            _ => self.leases_revoked.inc(),
+        }
     }
 
     pub fn query(&self, ok: bool, seconds: f64) {

@@ -88,6 +88,7 @@ pub struct PoolStats {
 #[derive(Default)]
 struct Counters {
     waiting: AtomicUsize,
+    leases: AtomicUsize,
     acquires: AtomicU64,
     timeouts: AtomicU64,
     expired: AtomicU64,
@@ -346,16 +347,30 @@ impl TenantPool {
             });
         }
         let spec = self.spec.load();
-        let waiting = self.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        // Join the queue only while it has room (or a connection is idle), so
+        // refused callers never count as waiting.
+        let max_waiting = spec.pool.max_waiting as usize;
+        let mut waiting = self.counters.waiting.load(Ordering::Relaxed);
+        loop {
+            if waiting >= max_waiting && self.pool.status().available == 0 {
+                return Err(AcquireError::QueueFull {
+                    tenant: self.id.clone(),
+                    waiting,
+                });
+            }
+            match self.counters.waiting.compare_exchange_weak(
+                waiting,
+                waiting + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => waiting = now,
+            }
+        }
         let _waiting = scopeguard(|| {
             self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
         });
-        if waiting >= spec.pool.max_waiting as usize && self.pool.status().available == 0 {
-            return Err(AcquireError::QueueFull {
-                tenant: self.id.clone(),
-                waiting,
-            });
-        }
         let max = spec.pool.max_connections;
         drop(spec);
         let started = Instant::now();
@@ -393,6 +408,20 @@ impl TenantPool {
     /// closed it, or it was opened with settings that have since changed.
     pub fn is_stale(&self, conn: &Object) -> bool {
         conn.is_closed() || Object::metrics(conn).created < self.upstream.load().since
+    }
+
+    /// Leases held on this pool now.
+    pub fn lease_count(&self) -> usize {
+        self.counters.leases.load(Ordering::Relaxed)
+    }
+
+    /// Counts a lease granted (`true`) or ended (`false`).
+    pub(crate) fn count_lease(&self, granted: bool) {
+        if granted {
+            self.counters.leases.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counters.leases.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts a lease reclaimed because its TTL passed.

@@ -240,8 +240,10 @@ impl ConnectionPoolService for LeaseService {
             return Ok(Response::new(stats_response(stats, leases)));
         }
         let tenant = self.tenant(id, &caller)?;
-        let leases = self.state.leases.count(Some(id));
-        Ok(Response::new(stats_response(tenant.stats(), leases)))
+        Ok(Response::new(stats_response(
+            tenant.stats(),
+            tenant.lease_count(),
+        )))
     }
 
     async fn keep_alive(
@@ -346,15 +348,18 @@ impl ConnectionPoolService for LeaseService {
             .into());
         };
         let req = request.into_inner();
-        Ok(Response::new(execute::spawn(
-            target,
-            Statement {
-                sql: req.sql,
-                params: req.params,
-                batch_rows,
-                deadline: deadline_at,
-            },
-        )))
+        Ok(Response::new(
+            execute::spawn(
+                target,
+                Statement {
+                    sql: req.sql,
+                    params: req.params,
+                    batch_rows,
+                    deadline: deadline_at,
+                },
+            )
+            .await,
+        ))
     }
 }
 

@@ -75,10 +75,9 @@ impl PoolerState {
 
     /// Sets the live gauges from the pools, then renders every metric.
     pub fn render_metrics(&self) -> String {
-        let leases = self.leases.counts_by_tenant();
         for pool in self.tenants.all() {
-            let held = leases.get(pool.id()).copied().unwrap_or(0);
-            self.metrics.observe_pool(pool.id(), &pool.stats(), held);
+            self.metrics
+                .observe_pool(pool.id(), &pool.stats(), pool.lease_count());
         }
         self.metrics.render()
     }

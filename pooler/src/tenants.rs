@@ -227,11 +227,10 @@ impl Tenants {
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         let draining = self.draining.clone();
         tokio::spawn(async move {
-            let mine = |l: &crate::lease::Lease| Arc::ptr_eq(&l.tenant, &pool);
-            while tokio::time::Instant::now() < deadline && !leases.select(mine).is_empty() {
+            while tokio::time::Instant::now() < deadline && pool.lease_count() > 0 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let left = leases.select(mine);
+            let left = leases.select(|l| Arc::ptr_eq(&l.tenant, &pool));
             if !left.is_empty() {
                 warn!(tenant = %pool.id(), leases = left.len(), "drain deadline passed; revoking leases of the removed tenant");
             }
