@@ -247,14 +247,8 @@ async fn stream_statement(
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     loop {
-        let next = tokio::select! {
-            next = rows.next() => next,
-            _ = tx.closed() => {
-                tenant.upstream().cancel(&client.cancel_token()).await;
-                return Finished::Cancelled;
-            }
-        };
-        match next {
+        // A client that goes away is noticed by `run`, around this whole loop.
+        match rows.next().await {
             Some(Ok(row)) => {
                 let mut values = Vec::with_capacity(row.len());
                 for i in 0..row.len() {
