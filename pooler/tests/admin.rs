@@ -385,16 +385,7 @@ async fn a_removed_tenants_open_lease_is_rolled_back_after_the_drain_deadline() 
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    let err = run(
-        &mut client,
-        teresa_proto::connectionpool::ExecuteRequest {
-            connection_id: id,
-            sql: "COMMIT".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let err = lease_error(&mut client, &id, "COMMIT").await;
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("revoked"), "{}", err.message());
     let rows: i64 = db.count_t(&gone).await;

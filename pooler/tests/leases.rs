@@ -239,16 +239,7 @@ async fn an_expired_lease_is_rolled_back_returned_and_its_id_fails() {
         "the abandoned transaction must be rolled back"
     );
 
-    let err = run(
-        &mut client,
-        ExecuteRequest {
-            connection_id: id.clone(),
-            sql: "SELECT 1".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let err = lease_error(&mut client, &id, "SELECT 1").await;
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("expired"), "{}", err.message());
     let err = client
@@ -330,16 +321,7 @@ async fn unknown_tenants_and_leases_are_not_found_and_releasing_twice_is_harmles
     let id = lease(&mut client, "acme").await;
     release(&mut client, &id).await;
     release(&mut client, &id).await;
-    let err = run(
-        &mut client,
-        ExecuteRequest {
-            connection_id: id,
-            sql: "SELECT 1".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let err = lease_error(&mut client, &id, "SELECT 1").await;
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("released"), "{}", err.message());
 }

@@ -419,16 +419,7 @@ async fn mtls_identities_decide_who_may_lease_and_leases_belong_to_their_taker()
         .client_as("spiffe://teresa.dev/ns/app/sa/worker")
         .await;
     let id = lease(&mut web, "acme").await;
-    let err = run(
-        &mut worker,
-        ExecuteRequest {
-            connection_id: id.clone(),
-            sql: "SELECT 1".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_err();
+    let err = lease_error(&mut worker, &id, "SELECT 1").await;
     assert_eq!(err.code(), Code::PermissionDenied);
     let err = worker
         .keep_alive(KeepAliveRequest {

@@ -654,6 +654,21 @@ pub async fn on_lease(
     .unwrap_or_else(|s| panic!("Execute {sql:?} failed: {s:?}"))
 }
 
+/// Runs `sql` on a lease expecting the call to fail; returns its status.
+pub async fn lease_error(client: &mut LeaseClient, lease: &str, sql: &str) -> tonic::Status {
+    run(
+        client,
+        ExecuteRequest {
+            connection_id: lease.to_owned(),
+            sql: sql.to_owned(),
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .unwrap_or_else(|| panic!("Execute {sql:?} on lease {lease} succeeded"))
+}
+
 /// Runs `sql` one-shot on `tenant`.
 pub async fn one_shot(
     client: &mut LeaseClient,
