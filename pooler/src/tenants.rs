@@ -144,11 +144,13 @@ impl Tenants {
         let mut new_pools = HashMap::new();
         for spec in &config.tenants {
             match old.get(&spec.id) {
-                Some(_) => {
+                // Only a changed target builds a new connector on update.
+                Some(pool) if pool.spec().target != spec.target => {
                     if let Err(e) = upstream_tls::connector(&spec.target) {
                         problems.push(format!("tenant {}: {e}", spec.id));
                     }
                 }
+                Some(_) => {}
                 None => match TenantPool::new(spec.clone(), self.metrics.tenant(&spec.id)) {
                     Ok(pool) => {
                         new_pools.insert(spec.id.clone(), pool);
