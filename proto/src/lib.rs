@@ -4,6 +4,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod identity;
+
 /// The lease API: `connectionpool.ConnectionPoolService`.
 pub mod connectionpool {
     tonic::include_proto!("connectionpool");
