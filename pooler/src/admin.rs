@@ -1,7 +1,9 @@
 //! The admin API (`teresa.admin.v1.PoolerAdmin`) the operator drives: apply a
 //! complete configuration, read the applied version and live stats. Served
-//! only on the admin port, whose TLS requires a client certificate; only the
-//! identities of `--admin-identities` may call it.
+//! only on the admin port, whose TLS requires a client certificate; an
+//! [`AdminAccess`] interceptor in front of every service of that port (the
+//! admin API, health and reflection alike) admits only the URI SAN
+//! identities of `--admin-identities`.
 
 use std::sync::Arc;
 
@@ -9,43 +11,76 @@ use teresa_proto::admin::{
     ApplyConfigResponse, GetStatusRequest, PoolerConfig, PoolerStatus, TenantStatus,
     pooler_admin_server::PoolerAdmin,
 };
+use teresa_proto::identity::Identity;
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
+use crate::access;
 use crate::config;
 use crate::state::PoolerState;
 use crate::tenants::ApplyOutcome;
-use crate::tls::PeerInfo;
+use crate::tls::{IdentityRefused, PeerIdentity, PeerInfo};
 
 /// The admin API over a running pooler's state.
 pub struct AdminService {
     state: Arc<PoolerState>,
-    allowed: Vec<String>,
 }
 
 impl AdminService {
-    pub fn new(state: Arc<PoolerState>, allowed: Vec<String>) -> Self {
-        AdminService { state, allowed }
+    /// The service alone; serve it only behind [`AdminAccess`].
+    pub fn new(state: Arc<PoolerState>) -> Self {
+        AdminService { state }
+    }
+}
+
+/// Who may use the admin port: exactly the listed URI identities.
+#[derive(Clone)]
+pub struct AdminAccess {
+    allowed: Arc<[Identity]>,
+}
+
+/// Why a call on the admin port was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminDenied {
+    #[error("the admin port requires a client certificate")]
+    NoCertificate,
+    #[error("the admin port takes identities from URI SANs only: {0}")]
+    Refused(IdentityRefused),
+    #[error("client identity {identity:?} may not use the admin port (allowed: {allowed})")]
+    NotAdmin { identity: String, allowed: String },
+}
+
+impl AdminAccess {
+    /// Admits `allowed` (URI identities, checked by the caller).
+    pub fn new(allowed: Vec<Identity>) -> Self {
+        AdminAccess {
+            allowed: allowed.into(),
+        }
     }
 
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let identity = request
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|p| p.identity.clone());
-        match identity {
-            Some(id) if self.allowed.iter().any(|a| a == &id) => Ok(()),
-            Some(id) => {
-                warn!(identity = %id, "admin call refused: identity not in --admin-identities");
-                Err(Status::permission_denied(format!(
-                    "client identity {id:?} may not call the admin API (allowed: {})",
-                    self.allowed.join(", ")
-                )))
-            }
-            None => Err(Status::unauthenticated(
-                "the admin API requires a client certificate",
-            )),
+    /// Whether the peer of a connection may use the admin port.
+    pub fn check(&self, peer: Option<&PeerInfo>) -> Result<(), AdminDenied> {
+        match peer.map(|p| &p.identity) {
+            None | Some(PeerIdentity::Anonymous) => Err(AdminDenied::NoCertificate),
+            Some(PeerIdentity::Refused(why)) => Err(AdminDenied::Refused(why.clone())),
+            Some(PeerIdentity::Known(identity)) if self.allowed.contains(identity) => Ok(()),
+            Some(PeerIdentity::Known(identity)) => Err(AdminDenied::NotAdmin {
+                identity: identity.to_string(),
+                allowed: self
+                    .allowed
+                    .iter()
+                    .map(Identity::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
         }
+    }
+}
+
+impl tonic::service::Interceptor for AdminAccess {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.check(request.extensions().get::<PeerInfo>())?;
+        Ok(request)
     }
 }
 
@@ -57,6 +92,7 @@ pub async fn apply_snapshot(
     let valid = config::validate(snapshot).inspect_err(|_| {
         state.metrics.config_applied("rejected");
     })?;
+    access::warn_unreachable(&valid, state.limits.client_certificates);
     let version = valid.version.clone();
     let outcome = state.tenants.apply(valid).await?;
     Ok((version, outcome != ApplyOutcome::Unchanged))
@@ -68,7 +104,6 @@ impl PoolerAdmin for AdminService {
         &self,
         request: Request<PoolerConfig>,
     ) -> Result<Response<ApplyConfigResponse>, Status> {
-        self.authorize(&request)?;
         match apply_snapshot(&self.state, request.get_ref()).await {
             Ok((applied_version, changed)) => Ok(Response::new(ApplyConfigResponse {
                 applied_version,
@@ -83,9 +118,8 @@ impl PoolerAdmin for AdminService {
 
     async fn get_status(
         &self,
-        request: Request<GetStatusRequest>,
+        _request: Request<GetStatusRequest>,
     ) -> Result<Response<PoolerStatus>, Status> {
-        self.authorize(&request)?;
         Ok(Response::new(status(&self.state)))
     }
 }

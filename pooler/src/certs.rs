@@ -288,6 +288,31 @@ impl DevCa {
         )
     }
 
+    /// Issues a client certificate (clientAuth) with exactly these names:
+    /// the subject Common Name and any number of URI and DNS SANs. For
+    /// certificates [`ClientIdentity`] cannot describe, such as several URI
+    /// SANs.
+    pub fn issue_client_names(
+        &self,
+        common_name: &str,
+        uris: &[&str],
+        dns_names: &[&str],
+    ) -> Result<IssuedCert, CertError> {
+        let mut sans = Vec::with_capacity(uris.len() + dns_names.len());
+        for uri in uris {
+            sans.push(SanType::URI(ia5(uri, "URI")?));
+        }
+        for name in dns_names {
+            sans.push(SanType::DnsName(ia5(name, "DNS")?));
+        }
+        self.issue(
+            "client certificate",
+            common_name,
+            sans,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+
     fn issue(
         &self,
         what: &'static str,

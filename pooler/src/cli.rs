@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use teresa_pooler::config;
 use teresa_pooler::server::{self, ServeOptions};
 use teresa_pooler::state::ApiLimits;
+use teresa_pooler::tls::IdentitySources;
 use teresa_proto::admin::pooler_admin_client::PoolerAdminClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -73,11 +74,22 @@ struct ServeArgs {
     /// tenants' allowedClients apply to its identity.
     #[arg(long, env = "TERESA_CLIENT_CA")]
     client_ca: Option<PathBuf>,
+    /// Which parts of a lease API client certificate name its identity: its
+    /// URI SAN (SPIFFE ID) only, else also a DNS SAN, else also the subject
+    /// CN. The first kind a certificate has decides. The admin API reads
+    /// URI SANs only.
+    #[arg(
+        long,
+        env = "TERESA_CLIENT_IDENTITY",
+        value_enum,
+        default_value = "uri"
+    )]
+    client_identity: ClientIdentityArg,
     /// CA of the operator's client certificate [default: certs/ca.pem if it
     /// exists, else the admin API is off].
     #[arg(long, env = "TERESA_ADMIN_CA")]
     admin_ca: Option<PathBuf>,
-    /// Client identities allowed to call the admin API (comma-separated).
+    /// URI SAN identities allowed to call the admin API (comma-separated).
     #[arg(
         long,
         env = "TERESA_ADMIN_IDENTITIES",
@@ -111,6 +123,19 @@ pub struct LogArgs {
     /// Log level or filter (overrides RUST_LOG), e.g. "info" or "teresa_pooler=debug".
     #[arg(long, env = "TERESA_LOG_LEVEL")]
     log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClientIdentityArg {
+    /// URI SANs only.
+    #[value(name = "uri")]
+    Uri,
+    /// A URI SAN, else a DNS SAN.
+    #[value(name = "uri,dns")]
+    UriDns,
+    /// A URI SAN, else a DNS SAN, else the subject CN.
+    #[value(name = "uri,dns,cn")]
+    UriDnsCn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -306,6 +331,11 @@ fn serve_options(args: ServeArgs) -> ServeOptions {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         client_ca: args.client_ca,
+        client_identity: match args.client_identity {
+            ClientIdentityArg::Uri => IdentitySources::Uri,
+            ClientIdentityArg::UriDns => IdentitySources::UriDns,
+            ClientIdentityArg::UriDnsCn => IdentitySources::UriDnsCn,
+        },
         admin_ca,
         admin_identities: args.admin_identities,
         metrics_plaintext: args.metrics_plaintext,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use teresa_proto::admin::{PoolerConfig, TenantConfig};
+use teresa_proto::identity::{Identity, Pattern};
 
 /// Pool and lease defaults, from the original project where it had them.
 pub mod defaults {
@@ -67,7 +68,8 @@ pub struct TenantSpec {
     pub target: TargetSpec,
     pub pool: PoolSpec,
     pub leases: LeaseSpec,
-    pub allowed_clients: Vec<String>,
+    /// Who may lease this tenant; empty: anyone, with or without an identity.
+    pub allowed_clients: Vec<Pattern>,
 }
 
 /// Where and as whom to connect. `Debug` hides the password.
@@ -160,17 +162,14 @@ pub struct LeaseSpec {
 }
 
 impl TenantSpec {
-    /// True when `identity` may lease this tenant: no list means anyone;
-    /// entries match exactly or, ending in `*`, by prefix.
-    pub fn allows(&self, identity: &str) -> bool {
-        self.allowed_clients.is_empty()
-            || self
-                .allowed_clients
-                .iter()
-                .any(|pattern| match pattern.strip_suffix('*') {
-                    Some(prefix) => identity.starts_with(prefix),
-                    None => identity == pattern,
-                })
+    /// True when a caller with `identity` (`None`: no client certificate)
+    /// may lease this tenant: no list admits anyone; a list admits only an
+    /// identity one of its patterns matches.
+    pub fn allows(&self, identity: Option<&Identity>) -> bool {
+        if self.allowed_clients.is_empty() {
+            return true;
+        }
+        identity.is_some_and(|identity| self.allowed_clients.iter().any(|p| p.matches(identity)))
     }
 }
 
@@ -378,11 +377,11 @@ fn validate_tenant(
             format_duration(max_ttl)
         ));
     }
+    let mut allowed_clients = Vec::with_capacity(tenant.allowed_clients.len());
     for (i, client) in tenant.allowed_clients.iter().enumerate() {
-        if client.is_empty() || client[..client.len() - 1].contains('*') {
-            problems.push(format!(
-                "{at}.allowedClients[{i}]: {client:?} must be an identity, or a prefix ending in a single '*'"
-            ));
+        match Pattern::parse(client) {
+            Ok(pattern) => allowed_clients.push(pattern),
+            Err(e) => problems.push(format!("{at}.allowedClients[{i}]: {e}")),
         }
     }
 
@@ -414,7 +413,7 @@ fn validate_tenant(
             max_ttl,
             max_per_client: leases.max_per_client,
         },
-        allowed_clients: tenant.allowed_clients.clone(),
+        allowed_clients,
     })
 }
 

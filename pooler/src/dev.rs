@@ -96,6 +96,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             tls_cert: paths.server_cert.clone(),
             tls_key: paths.server_key.clone(),
             client_ca: None,
+            client_identity: Default::default(),
             admin_ca: Some(paths.ca_cert.clone()),
             admin_identities: vec![certs::DEV_OPERATOR_IDENTITY.to_owned()],
             metrics_plaintext: false,

@@ -1,8 +1,11 @@
-//! The lease API's errors, and the one place they become gRPC statuses.
+//! The lease API's errors, and the one place they and the admin port's
+//! refusals become gRPC statuses.
 //! Messages say what to do next and never carry a credential.
 
 use tonic::{Code, Status};
 
+use crate::access::AccessError;
+use crate::admin::AdminDenied;
 use crate::lease::LeaseError;
 use crate::pool::AcquireError;
 
@@ -13,8 +16,8 @@ pub enum ApiError {
     UnknownTenant(String),
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("client {identity:?} may not use tenant {tenant:?} (not in its allowedClients)")]
-    TenantDenied { tenant: String, identity: String },
+    #[error(transparent)]
+    Access(#[from] AccessError),
     #[error("the pooler is shutting down and takes no new work; retry on another pooler")]
     Draining,
     #[error(transparent)]
@@ -28,7 +31,7 @@ impl From<ApiError> for Status {
         let code = match &error {
             ApiError::UnknownTenant(_) => Code::NotFound,
             ApiError::InvalidArgument(_) => Code::InvalidArgument,
-            ApiError::TenantDenied { .. } => Code::PermissionDenied,
+            ApiError::Access(_) => Code::PermissionDenied,
             ApiError::Draining => Code::Unavailable,
             ApiError::Acquire(e) => match e {
                 AcquireError::Timeout { .. } | AcquireError::QueueFull { .. } => {
@@ -42,6 +45,7 @@ impl From<ApiError> for Status {
                 LeaseError::Released(_)
                 | LeaseError::Expired(_)
                 | LeaseError::Revoked(_)
+                | LeaseError::Disallowed(_)
                 | LeaseError::Lost(_) => Code::FailedPrecondition,
                 LeaseError::Foreign(_) => Code::PermissionDenied,
                 LeaseError::TooMany { .. } => Code::ResourceExhausted,
@@ -57,5 +61,16 @@ impl From<ApiError> for Status {
             _ => tracing::debug!(code = ?code, error = %message, "lease API call refused"),
         }
         Status::new(code, message)
+    }
+}
+
+impl From<AdminDenied> for Status {
+    fn from(denied: AdminDenied) -> Status {
+        let code = match &denied {
+            AdminDenied::NoCertificate => Code::Unauthenticated,
+            AdminDenied::Refused(_) | AdminDenied::NotAdmin { .. } => Code::PermissionDenied,
+        };
+        tracing::warn!(code = ?code, error = %denied, "admin port call refused");
+        Status::new(code, denied.to_string())
     }
 }

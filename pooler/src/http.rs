@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::state::PoolerState;
-use crate::tls::{PeerInfo, TlsConn};
+use crate::tls::{PeerIdentity, PeerInfo, TlsConn};
 
 /// The router of the metrics and probes port.
 pub fn router(state: Arc<PoolerState>) -> Router {
@@ -74,7 +74,7 @@ impl axum::serve::Listener for TlsListener {
     fn local_addr(&self) -> std::io::Result<PeerInfo> {
         Ok(PeerInfo {
             remote: self.local,
-            identity: None,
+            identity: PeerIdentity::Anonymous,
         })
     }
 }

@@ -54,6 +54,8 @@ pub enum Outcome {
     Expired,
     /// The pooler took it back (drain deadline, tenant removed).
     Revoked,
+    /// The tenant's allowedClients no longer admit its owner.
+    Disallowed,
     /// Its server connection was closed by the server or the network.
     Lost,
 }
@@ -65,7 +67,7 @@ impl Outcome {
             Outcome::Released => "released",
             Outcome::Expired => "expired",
             // The metric names fix three outcomes; a lost connection is a revocation.
-            Outcome::Revoked | Outcome::Lost => "revoked",
+            Outcome::Revoked | Outcome::Disallowed | Outcome::Lost => "revoked",
         }
     }
 }
@@ -87,6 +89,10 @@ pub enum LeaseError {
         "lease {0} was revoked by the pooler (drain or tenant removal); its open transaction was rolled back. Take a new lease"
     )]
     Revoked(LeaseId),
+    #[error(
+        "lease {0} was revoked: identity no longer allowed by allowedClients (the tenant's list changed); its open transaction was rolled back"
+    )]
+    Disallowed(LeaseId),
     #[error(
         "lease {0} lost its server connection (PostgreSQL closed it: restart, failover or pg_terminate_backend), which rolled back its open transaction. Take a new lease"
     )]
@@ -311,6 +317,7 @@ impl LeaseTable {
             Some(Outcome::Released) => LeaseError::Released(id),
             Some(Outcome::Expired) => LeaseError::Expired(id),
             Some(Outcome::Revoked) => LeaseError::Revoked(id),
+            Some(Outcome::Disallowed) => LeaseError::Disallowed(id),
             Some(Outcome::Lost) => LeaseError::Lost(id),
             None => LeaseError::NotFound(id),
         }

@@ -7,12 +7,14 @@
 //! [`pool`] (a tenant's pool), [`tenants`] (all pools; applying a config),
 //! [`lease`] (the lease table), [`session`] (resetting a connection),
 //! [`execute`] and [`values`] (running SQL and streaming results),
-//! [`service`] (the lease API), [`admin`] (the admin API), [`tls`],
+//! [`service`] (the lease API), [`access`] (who may use which tenant),
+//! [`admin`] (the admin API), [`tls`] (listeners and client identities),
 //! [`http`] (probes and metrics), [`server`] (running it all), and
 //! [`devdb`] and [`certs`] (a throwaway PostgreSQL and dev certificates).
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod certs;
 pub mod config;

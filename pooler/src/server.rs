@@ -16,12 +16,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::admin::{self, AdminService};
+use crate::access;
+use crate::admin::{self, AdminAccess, AdminService};
 use crate::config;
 use crate::http;
 use crate::service::LeaseService;
 use crate::state::{ApiLimits, PoolerState};
-use crate::tls::{ReloadingTls, TlsError, TlsFiles};
+use crate::tls::{IdentitySources, ReloadingTls, TlsError, TlsFiles};
+use teresa_proto::identity::{Identity, IdentityError, IdentityKind};
 
 /// How often the config file is checked for changes.
 const CONFIG_WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -39,7 +41,10 @@ pub struct ServeOptions {
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// Which parts of a lease API client certificate name its identity.
+    pub client_identity: IdentitySources,
     pub admin_ca: Option<PathBuf>,
+    /// URI identities allowed on the admin port.
     pub admin_identities: Vec<String>,
     pub metrics_plaintext: bool,
     pub config: Option<PathBuf>,
@@ -69,6 +74,13 @@ pub enum ServeError {
     AdminCaMissing,
     #[error("cannot set up gRPC reflection: {0}")]
     Reflection(String),
+    #[error(
+        "--admin-identities: {value:?} is not a URI identity such as spiffe://teresa.dev/operator ({reason}); the admin API takes URI SANs only"
+    )]
+    AdminIdentity {
+        value: String,
+        reason: IdentityError,
+    },
 }
 
 /// Serves until `stop` resolves (a signal, or the caller's own reason), then
@@ -114,16 +126,34 @@ pub async fn serve(
             })?,
         )
     };
-    if !lease_tls.requires_client_cert() {
+    let admin_identities = options
+        .admin_identities
+        .iter()
+        .map(|value| {
+            Identity::new(IdentityKind::Uri, value).map_err(|reason| ServeError::AdminIdentity {
+                value: value.clone(),
+                reason,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let client_certificates = lease_tls.requires_client_cert();
+    if !client_certificates {
         warn!(
-            "no --client-ca: any client that reaches the gRPC port may lease any tenant without allowedClients; set --client-ca to require client certificates"
+            "no --client-ca: any client that reaches the gRPC port may lease any tenant without allowedClients, and tenants with allowedClients refuse every caller; set --client-ca to require client certificates"
         );
     }
 
-    let state = PoolerState::new(options.limits.clone(), options.drain_timeout);
+    let state = PoolerState::new(
+        ApiLimits {
+            client_certificates,
+            ..options.limits.clone()
+        },
+        options.drain_timeout,
+    );
     if let Some(path) = &options.config {
         if path.exists() {
             let valid = config::load_file(path)?;
+            access::warn_unreachable(&valid, client_certificates);
             state
                 .tenants
                 .apply(valid)
@@ -185,7 +215,7 @@ pub async fn serve(
             .add_service(lease_reflection)
             .add_service(lease_api)
             .serve_with_incoming_shutdown(
-                lease_tls.incoming(grpc_listener),
+                lease_tls.incoming(grpc_listener, options.client_identity),
                 stopped(stop_rx.clone()),
             ),
     );
@@ -194,18 +224,28 @@ pub async fn serve(
         (Some(tls), Some(listener)) => {
             let reflection = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(teresa_proto::ADMIN_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .build_v1()
                 .map_err(|e| ServeError::Reflection(e.to_string()))?;
-            let service = PoolerAdminServer::new(AdminService::new(
-                state.clone(),
-                options.admin_identities.clone(),
-            ))
-            .max_decoding_message_size(64 << 20);
+            let (admin_health, admin_health_service) = tonic_health::server::health_reporter();
+            admin_health
+                .set_serving::<PoolerAdminServer<AdminService>>()
+                .await;
+            let service = PoolerAdminServer::new(AdminService::new(state.clone()))
+                .max_decoding_message_size(64 << 20);
+            // Every service of the admin port, health and reflection
+            // included, answers only the admin identities.
+            let access = AdminAccess::new(admin_identities);
             Some(tokio::spawn(
                 grpc_builder()
+                    .layer(tonic::service::InterceptorLayer::new(access))
+                    .add_service(admin_health_service)
                     .add_service(reflection)
                     .add_service(service)
-                    .serve_with_incoming_shutdown(tls.incoming(listener), stopped(stop_rx.clone())),
+                    .serve_with_incoming_shutdown(
+                        tls.incoming(listener, IdentitySources::Uri),
+                        stopped(stop_rx.clone()),
+                    ),
             ))
         }
         _ => None,
@@ -226,7 +266,7 @@ pub async fn serve(
                 source,
             })?;
         let listener = http::TlsListener {
-            incoming: http_tls.incoming(http_listener),
+            incoming: http_tls.incoming(http_listener, IdentitySources::Uri),
             local,
         };
         tokio::spawn(async move {
@@ -241,7 +281,8 @@ pub async fn serve(
         metrics = %SocketAddr::new(options.host, options.metrics_port),
         admin = options.admin_port,
         metrics_tls = !options.metrics_plaintext,
-        client_certificates = options.client_ca.is_some(),
+        client_certificates,
+        client_identity = %options.client_identity,
         "teresa-pooler serving"
     );
 

@@ -13,6 +13,7 @@ use teresa_proto::connectionpool::{
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
+use crate::access::{self, Caller};
 use crate::error::ApiError;
 use crate::execute::{self, DEFAULT_BATCH_ROWS, MAX_BATCH_ROWS, Statement, Target};
 use crate::lease::LeaseError;
@@ -32,7 +33,7 @@ impl LeaseService {
     }
 
     /// A configured tenant the caller may use.
-    fn tenant(&self, id: &str, caller: &str) -> Result<Arc<TenantPool>, ApiError> {
+    fn tenant(&self, id: &str, caller: &Caller) -> Result<Arc<TenantPool>, ApiError> {
         if id.is_empty() {
             return Err(ApiError::InvalidArgument(
                 "tenant_id must not be empty".into(),
@@ -48,24 +49,14 @@ impl LeaseService {
     }
 }
 
-fn authorize(tenant: &TenantPool, caller: &str) -> Result<(), ApiError> {
-    if tenant.spec().allows(caller) {
-        Ok(())
-    } else {
-        Err(ApiError::TenantDenied {
-            tenant: tenant.id().to_owned(),
-            identity: caller.to_owned(),
-        })
-    }
+fn authorize(tenant: &TenantPool, caller: &Caller) -> Result<(), ApiError> {
+    Ok(access::authorize(&tenant.spec(), caller)?)
 }
 
-/// The caller's client-certificate identity; empty without one.
-fn caller<T>(request: &Request<T>) -> String {
-    request
-        .extensions()
-        .get::<PeerInfo>()
-        .and_then(|peer| peer.identity.clone())
-        .unwrap_or_default()
+/// Who is calling, from the connection's client certificate; refused when
+/// the certificate names no usable identity.
+fn caller<T>(request: &Request<T>) -> Result<Caller, ApiError> {
+    Ok(Caller::of(request.extensions().get::<PeerInfo>())?)
 }
 
 /// What is left of the call's deadline (`grpc-timeout`), if it set one.
@@ -161,7 +152,7 @@ impl ConnectionPoolService for LeaseService {
         &self,
         request: Request<ConnectionRequest>,
     ) -> Result<Response<ConnectionResponse>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&request)?;
         if self.state.is_draining() {
             return Err(ApiError::Draining.into());
         }
@@ -194,7 +185,11 @@ impl ConnectionPoolService for LeaseService {
             .acquire(acquire_budget(&request, &tenant))
             .await
             .map_err(ApiError::from)?;
-        let lease = match self.state.leases.grant(tenant.clone(), &caller, conn, ttl) {
+        let lease = match self
+            .state
+            .leases
+            .grant(tenant.clone(), caller.owner(), conn, ttl)
+        {
             Ok(lease) => lease,
             Err(refused) => {
                 let (e, conn) = *refused;
@@ -202,6 +197,9 @@ impl ConnectionPoolService for LeaseService {
                 return Err(ApiError::from(e).into());
             }
         };
+        access::confirm_grant(&self.state.leases, &lease, &caller)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(ConnectionResponse {
             connection_id: lease.id.to_string(),
             error: String::new(),
@@ -214,10 +212,10 @@ impl ConnectionPoolService for LeaseService {
         &self,
         request: Request<ConnectionRelease>,
     ) -> Result<Response<ReleaseResponse>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&request)?;
         self.state
             .leases
-            .release(&request.get_ref().connection_id, &caller)
+            .release(&request.get_ref().connection_id, caller.owner())
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(ReleaseResponse {
@@ -230,7 +228,7 @@ impl ConnectionPoolService for LeaseService {
         &self,
         request: Request<StatsRequest>,
     ) -> Result<Response<StatsResponse>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&request)?;
         let id = &request.get_ref().tenant_id;
         if self.state.tenants.get(id).is_none()
             && self.state.limits.allow_client_dsn
@@ -250,12 +248,12 @@ impl ConnectionPoolService for LeaseService {
         &self,
         request: Request<KeepAliveRequest>,
     ) -> Result<Response<KeepAliveResponse>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&request)?;
         let req = request.get_ref();
         let lease = self
             .state
             .leases
-            .get(&req.connection_id, &caller)
+            .get(&req.connection_id, caller.owner())
             .map_err(ApiError::from)?;
         let spec = lease.tenant.spec();
         let ttl = lease_ttl(req.ttl.as_ref(), lease.ttl(), spec.leases.max_ttl)?;
@@ -272,7 +270,7 @@ impl ConnectionPoolService for LeaseService {
         &self,
         request: Request<ExecuteRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&request)?;
         let deadline_at = deadline(&request).map(|left| std::time::Instant::now() + left);
         let req = request.get_ref();
         if req.sql.trim().is_empty() {
@@ -309,7 +307,7 @@ impl ConnectionPoolService for LeaseService {
         let target = if !req.connection_id.is_empty() {
             let leases = self.state.leases.clone();
             let lease = leases
-                .get(&req.connection_id, &caller)
+                .get(&req.connection_id, caller.owner())
                 .map_err(ApiError::from)?;
             leases.touch(&lease);
             let conn = lease.lock_conn().await;
@@ -317,7 +315,7 @@ impl ConnectionPoolService for LeaseService {
                 // The lease ended while this call waited for its connection.
                 return Err(ApiError::from(
                     leases
-                        .get(&req.connection_id, &caller)
+                        .get(&req.connection_id, caller.owner())
                         .err()
                         .unwrap_or(LeaseError::Revoked(lease.id)),
                 )

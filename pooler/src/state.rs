@@ -18,6 +18,9 @@ pub struct ApiLimits {
     pub max_sql_bytes: usize,
     /// Most parameters one statement may bind.
     pub max_params: usize,
+    /// Lease API clients present certificates (`--client-ca`); set by the
+    /// server from its TLS settings.
+    pub client_certificates: bool,
 }
 
 impl Default for ApiLimits {
@@ -26,6 +29,7 @@ impl Default for ApiLimits {
             allow_client_dsn: false,
             max_sql_bytes: 1 << 20,
             max_params: 65_535,
+            client_certificates: false,
         }
     }
 }

@@ -3,8 +3,9 @@
 //! The map of tenant pools sits in an `ArcSwap`: the lease path reads it
 //! without locking, and an apply builds the new map beside the old one, then
 //! swaps it whole. Unchanged tenants keep their pool object (same connections,
-//! same counters); changed ones are updated in place; removed ones stop taking
-//! new leases and drain. Both configuration sources, the `--config` file and
+//! same counters); changed ones are updated in place, and open leases of
+//! identities their allowedClients no longer admit are revoked; removed ones
+//! stop taking new leases and drain. Both configuration sources, the `--config` file and
 //! the admin API, apply through [`Tenants::apply`].
 
 use std::collections::HashMap;
@@ -166,11 +167,15 @@ impl Tenants {
 
         let mut next = HashMap::with_capacity(config.tenants.len());
         let (mut added, mut changed) = (Vec::new(), Vec::new());
+        let mut access_changed = Vec::new();
         for spec in config.tenants {
             let id = spec.id.clone();
             match old.get(&id) {
                 Some(pool) => {
                     if *pool.spec() != spec {
+                        if pool.spec().allowed_clients != spec.allowed_clients {
+                            access_changed.push(pool.clone());
+                        }
                         update_in_place(pool, spec);
                         changed.push(id.clone());
                     }
@@ -190,6 +195,9 @@ impl Tenants {
             .collect();
         removed.sort();
         self.map.store(Arc::new(next));
+        for pool in &access_changed {
+            crate::access::revoke_disallowed(&self.leases, pool).await;
+        }
         for id in &removed {
             if let Some(pool) = old.get(id) {
                 self.drain_removed(pool.clone());

@@ -4,8 +4,9 @@
 //! certificate, key or client CA files change (cert-manager rewrites them in
 //! place), so new handshakes use the new files while open connections keep
 //! theirs. A broken new file keeps the old configuration and logs an error.
-//! Peer identity comes from the client certificate: its URI SAN (SPIFFE
-//! style), else its first DNS SAN, else its CN.
+//! Peer identity comes from the client certificate, read once at the
+//! handshake by the listener's [`IdentitySources`]: its one URI SAN (SPIFFE
+//! style) by default; a DNS SAN or the CN only where enabled.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use teresa_proto::identity::{Identity, IdentityError, IdentityKind};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -200,11 +202,13 @@ impl ReloadingTls {
     }
 
     /// Accepts TCP connections on `listener` and yields them once their TLS
-    /// handshake is done. Handshakes run concurrently, so a slow or hostile
+    /// handshake is done, with the client certificate's identity read as
+    /// `sources` allows. Handshakes run concurrently, so a slow or hostile
     /// client cannot hold up the others.
     pub fn incoming(
         &self,
         listener: TcpListener,
+        sources: IdentitySources,
     ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
         let (tx, rx) = mpsc::channel(64);
         let this = self.clone();
@@ -227,12 +231,21 @@ impl ReloadingTls {
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            let identity = stream
+                            let identity = match stream
                                 .get_ref()
                                 .1
                                 .peer_certificates()
                                 .and_then(|certs| certs.first())
-                                .and_then(|cert| identity_of(cert));
+                            {
+                                None => PeerIdentity::Anonymous,
+                                Some(cert) => match identity_of(cert, sources) {
+                                    Ok(identity) => PeerIdentity::Known(identity),
+                                    Err(refused) => {
+                                        debug!(%remote, reason = %refused, "client certificate has no usable identity");
+                                        PeerIdentity::Refused(refused)
+                                    }
+                                },
+                            };
                             let _ = tx
                                 .send(Ok(TlsConn {
                                     stream,
@@ -254,40 +267,164 @@ impl ReloadingTls {
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub remote: SocketAddr,
-    /// The client certificate's identity; `None` without a client certificate.
-    pub identity: Option<String>,
+    /// What the client certificate says, as this listener reads it.
+    pub identity: PeerIdentity,
 }
 
-/// The identity in a client certificate: URI SAN, else first DNS SAN, else CN.
-pub fn identity_of(cert: &CertificateDer<'_>) -> Option<String> {
+/// The identity of a connection's client certificate.
+#[derive(Debug, Clone)]
+pub enum PeerIdentity {
+    /// No client certificate (the listener does not ask for one).
+    Anonymous,
+    /// A normalized identity of an enabled kind.
+    Known(Identity),
+    /// A certificate whose identity cannot be used; every call is refused
+    /// with this reason.
+    Refused(IdentityRefused),
+}
+
+/// Which parts of a client certificate may name its identity
+/// (`--client-identity`). Each includes the ones before it; the first kind
+/// the certificate has decides, so a certificate with a URI SAN is always
+/// known by it, and a bad URI SAN is never passed over for a DNS SAN or CN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdentitySources {
+    /// URI SANs only (SPIFFE IDs): the default, and always the admin API's.
+    #[default]
+    Uri,
+    /// A URI SAN, else a DNS SAN.
+    UriDns,
+    /// A URI SAN, else a DNS SAN, else the subject CN.
+    UriDnsCn,
+}
+
+impl IdentitySources {
+    fn kinds(self) -> &'static [IdentityKind] {
+        match self {
+            IdentitySources::Uri => &[IdentityKind::Uri],
+            IdentitySources::UriDns => &[IdentityKind::Uri, IdentityKind::Dns],
+            IdentitySources::UriDnsCn => &[IdentityKind::Uri, IdentityKind::Dns, IdentityKind::Cn],
+        }
+    }
+
+    fn wanted(self) -> &'static str {
+        match self {
+            IdentitySources::Uri => "URI SAN",
+            IdentitySources::UriDns => "URI or DNS SAN",
+            IdentitySources::UriDnsCn => "URI SAN, DNS SAN or subject CN",
+        }
+    }
+
+    /// The flag value: `uri`, `uri,dns` or `uri,dns,cn`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentitySources::Uri => "uri",
+            IdentitySources::UriDns => "uri,dns",
+            IdentitySources::UriDnsCn => "uri,dns,cn",
+        }
+    }
+}
+
+impl std::fmt::Display for IdentitySources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a verified client certificate names no usable identity.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IdentityRefused {
+    #[error("the client certificate cannot be parsed: {0}")]
+    Unparsable(String),
+    #[error(
+        "the client certificate has no {}, which is where this port reads identities from \
+         (the lease port reads DNS SANs or the CN only when started with --client-identity \
+         uri,dns or uri,dns,cn; the admin port reads URI SANs only)",
+        .sources.wanted()
+    )]
+    NoIdentity { sources: IdentitySources },
+    #[error(
+        "the client certificate has {count} {kind}s; an identity must be exactly one \
+         (a SPIFFE X.509-SVID carries one URI SAN)"
+    )]
+    Ambiguous { kind: &'static str, count: usize },
+    #[error("the client certificate's {kind} {value:?} is not a usable identity: {reason}")]
+    Invalid {
+        kind: &'static str,
+        value: String,
+        reason: IdentityError,
+    },
+}
+
+fn kind_name(kind: IdentityKind) -> &'static str {
+    match kind {
+        IdentityKind::Uri => "URI SAN",
+        IdentityKind::Dns => "DNS SAN",
+        IdentityKind::Cn => "subject CN",
+    }
+}
+
+/// Longest identity text quoted back in a refusal.
+const QUOTE_LIMIT: usize = 256;
+
+/// The identity in a client certificate: of the first kind in `sources`
+/// that the certificate has any of, exactly one value, normalized.
+pub fn identity_of(
+    cert: &CertificateDer<'_>,
+    sources: IdentitySources,
+) -> Result<Identity, IdentityRefused> {
     use x509_parser::extensions::GeneralName;
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| IdentityRefused::Unparsable(e.to_string()))?;
     let names: Vec<GeneralName<'_>> = parsed
         .subject_alternative_name()
-        .ok()
-        .flatten()
+        .map_err(|e| IdentityRefused::Unparsable(format!("subject alternative names: {e}")))?
         .map(|san| san.value.general_names.clone())
         .unwrap_or_default();
-    names
-        .iter()
-        .find_map(|n| match n {
-            GeneralName::URI(uri) => Some(uri.to_string()),
-            _ => None,
-        })
-        .or_else(|| {
-            names.iter().find_map(|n| match n {
-                GeneralName::DNSName(dns) => Some(dns.to_string()),
-                _ => None,
-            })
-        })
-        .or_else(|| {
-            parsed
+    for &kind in sources.kinds() {
+        let values: Vec<String> = match kind {
+            IdentityKind::Uri => names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(uri) => Some(uri.to_string()),
+                    _ => None,
+                })
+                .collect(),
+            IdentityKind::Dns => names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(dns) => Some(dns.to_string()),
+                    _ => None,
+                })
+                .collect(),
+            IdentityKind::Cn => parsed
                 .subject()
                 .iter_common_name()
-                .next()
-                .and_then(|cn| cn.as_str().ok())
-                .map(str::to_owned)
-        })
+                .map(|cn| {
+                    cn.as_str().map(str::to_owned).map_err(|_| {
+                        IdentityRefused::Unparsable("its subject CN is not a text string".into())
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        match values.as_slice() {
+            [] => continue,
+            [value] => {
+                return Identity::new(kind, value).map_err(|reason| IdentityRefused::Invalid {
+                    kind: kind_name(kind),
+                    value: value.chars().take(QUOTE_LIMIT).collect(),
+                    reason,
+                });
+            }
+            several => {
+                return Err(IdentityRefused::Ambiguous {
+                    kind: kind_name(kind),
+                    count: several.len(),
+                });
+            }
+        }
+    }
+    Err(IdentityRefused::NoIdentity { sources })
 }
 
 /// A TLS connection with what is known of its peer.

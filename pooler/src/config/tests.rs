@@ -63,8 +63,59 @@ tenants:
     assert_eq!(t.pool.acquire_timeout, Duration::from_millis(250));
     assert_eq!(t.pool.statement_timeout, Some(Duration::from_secs(15)));
     assert_eq!(t.leases.max_ttl, Duration::from_secs(600));
-    assert!(t.allows("spiffe://teresa.dev/ns/app/sa/web"));
-    assert!(!t.allows("spiffe://teresa.dev/ns/other/sa/web"));
+    let uri = |v: &str| Identity::new(teresa_proto::identity::IdentityKind::Uri, v).unwrap();
+    assert!(t.allows(Some(&uri("spiffe://teresa.dev/ns/app/sa/web"))));
+    assert!(!t.allows(Some(&uri("spiffe://teresa.dev/ns/other/sa/web"))));
+    assert!(!t.allows(None));
+}
+
+#[test]
+fn allowed_clients_follow_the_one_pattern_grammar() {
+    let with = |pattern: &str| {
+        yaml(&format!(
+            "tenants:\n  - id: a\n    database: {{ host: h, dbname: d, user: u }}\n    allowedClients: [{pattern:?}]\n"
+        ))
+    };
+    for bad in [
+        "spiffe://x/*/y*",
+        "spiffe://x/ns/*/sa/web",
+        "spiffe://x/ns/shop*",
+        "spiffe://x/ns/../admin/*",
+        "spiffe://x/ns/%2e%2e/*",
+        "*.shop.svc",
+        "",
+    ] {
+        let err = with(bad).unwrap_err();
+        assert!(
+            err.contains("tenants[0] (a).allowedClients[0]"),
+            "{bad:?}: {err}"
+        );
+    }
+    let err = with("spiffe://x/*/y*").unwrap_err();
+    assert!(err.contains("'/*'"), "{err}");
+    for good in [
+        "*",
+        "spiffe://x/ns/shop/*",
+        "spiffe://x/ns/shop/sa/web",
+        "web.shop.svc",
+    ] {
+        let config = with(good).unwrap();
+        assert_eq!(config.tenants[0].allowed_clients[0].to_string(), good);
+    }
+}
+
+#[test]
+fn no_list_admits_anyone_and_a_list_admits_only_identities() {
+    let open = &yaml(MINIMAL).unwrap().tenants[0];
+    assert!(open.allows(None));
+    let star = &yaml(
+        "tenants:\n  - id: a\n    database: { host: h, dbname: d, user: u }\n    allowedClients: [\"*\"]\n",
+    )
+    .unwrap()
+    .tenants[0];
+    assert!(!star.allows(None));
+    let anyone = Identity::new(teresa_proto::identity::IdentityKind::Dns, "web.shop.svc").unwrap();
+    assert!(star.allows(Some(&anyone)));
 }
 
 #[test]

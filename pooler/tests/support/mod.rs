@@ -198,6 +198,19 @@ impl Certs {
             .unwrap();
         Identity::from_pem(issued.cert_pem.clone(), issued.key_pem.clone())
     }
+
+    /// A client certificate whose only name is `identity` (a URI SAN, a DNS
+    /// SAN or, with no SAN, the subject CN).
+    pub fn client_with(&self, identity: &ClientIdentity) -> Identity {
+        let issued = self.ca.issue_client(identity).unwrap();
+        Identity::from_pem(issued.cert_pem, issued.key_pem)
+    }
+
+    /// A client certificate with exactly these names (e.g. two URI SANs).
+    pub fn client_names(&self, cn: &str, uris: &[&str], dns: &[&str]) -> Identity {
+        let issued = self.ca.issue_client_names(cn, uris, dns).unwrap();
+        Identity::from_pem(issued.cert_pem, issued.key_pem)
+    }
 }
 
 /// How to start a pooler.
@@ -433,6 +446,16 @@ impl Pooler {
     pub async fn client_as(&self, identity: &str) -> LeaseClient {
         let id = self.certs.client(identity);
         ConnectionPoolServiceClient::new(self.channel(self.grpc_port, Some(id)).await.unwrap())
+    }
+
+    /// A channel to `port` presenting the client certificate `identity`.
+    pub async fn channel_as(&self, port: u16, identity: Identity) -> Channel {
+        self.channel(port, Some(identity)).await.unwrap()
+    }
+
+    /// A lease API client presenting the client certificate `identity`.
+    pub async fn client_with(&self, identity: Identity) -> LeaseClient {
+        ConnectionPoolServiceClient::new(self.channel_as(self.grpc_port, identity).await)
     }
 
     /// An admin client with the given client identity.
