@@ -2,7 +2,7 @@
 //! Every flag of `run` also reads a `TERESA_*` environment variable (the Helm chart
 //! sets these names).
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -101,6 +101,12 @@ pub struct RunArgs {
     )]
     pub snapshot_mount_path: String,
 
+    /// Address the HTTP server with /livez, /readyz and /metrics binds to. The
+    /// kubelet's probes and Prometheus reach the pod IP, so in a pod it must
+    /// include that IP; 127.0.0.1 keeps it local when running outside a cluster.
+    #[arg(long, env = "TERESA_METRICS_HOST", default_value = "0.0.0.0")]
+    pub metrics_host: IpAddr,
+
     /// Port of the HTTP server with /livez, /readyz and /metrics.
     #[arg(long, env = "TERESA_METRICS_PORT", default_value_t = 8080)]
     pub metrics_port: u16,
@@ -170,6 +176,7 @@ mod tests {
         assert_eq!(args.admin_port, 50053);
         assert_eq!(args.snapshot_secret, "teresa-pooler-config");
         assert_eq!(args.metrics_port, 8080);
+        assert_eq!(args.metrics_host, IpAddr::from([0, 0, 0, 0]));
         assert!(args.leader_election);
         assert_eq!(args.lease_name, "teresa-operator");
         assert_eq!(args.pooler_tls_server_name, "teresa-pooler");
@@ -186,6 +193,8 @@ mod tests {
             "pools",
             "--log-format",
             "text",
+            "--metrics-host",
+            "127.0.0.1",
         ])
         .expect("parses");
         let Command::Run(args) = cli.command else {
@@ -195,5 +204,6 @@ mod tests {
         assert_eq!(args.pooler_namespace(), "pools");
         assert_eq!(args.lease_namespace(), "pools");
         assert_eq!(args.log_format, LogFormat::Text);
+        assert_eq!(args.metrics_host, IpAddr::from([127, 0, 0, 1]));
     }
 }

@@ -3,6 +3,11 @@
 //! outputs that [`desired`] and [`status`] compute: the snapshot Secret, the
 //! pusher's targets, each TenantPool's status (server-side apply) and Events.
 //! Deletion goes through kube-runtime's finalizer helper.
+//!
+//! Two things run beside the per-TenantPool reconciler: a keeper that stores and
+//! pushes the empty configuration while no TenantPool exists (no reconcile runs
+//! then, yet the poolers need a configuration to become ready), and a check on
+//! the TenantPool watch that notices a missing CRD (logged, `/readyz` false).
 
 use std::{
     collections::BTreeMap,
@@ -32,11 +37,12 @@ use kube::{
         watcher,
     },
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
-    crd::{FINALIZER, TenantPool},
-    desired::{self, FleetInputs, FleetPlan, SNAPSHOT_KEY, SecretSource, TenantKey},
+    crd::{FINALIZER, TenantPool, TenantPoolStatus},
+    desired::{self, FleetInputs, FleetPlan, SNAPSHOT_KEY, SecretSource, TenantKey, TenantPlan},
+    http::{Blocker, Readiness},
     metrics::Metrics,
     push::{FleetSync, PushSettings, PushTargets, Pusher},
     selector,
@@ -78,15 +84,23 @@ pub enum Error {
 }
 
 impl Error {
-    /// Short label for metrics.
-    pub fn metric_label(&self) -> &'static str {
+    /// The error the reconcile itself returned, out of the finalizer's wrapping.
+    pub fn cause(&self) -> &Error {
         match self {
-            Error::Kube(_) => "kube_api",
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
-                _ => "finalizer",
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.cause(),
+                _ => self,
             },
+            _ => self,
+        }
+    }
+
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self.cause() {
+            Error::Kube(_) => "kube_api",
+            Error::Finalizer(_) => "finalizer",
             Error::CachesNotReady => "caches_not_ready",
             Error::MissingNamespace => "missing_namespace",
             Error::RemovalPending { .. } => "removal_pending",
@@ -124,8 +138,8 @@ pub struct Context {
     pub targets: watch::Sender<Arc<PushTargets>>,
     /// The pusher's output.
     pub fleet: watch::Receiver<Arc<FleetSync>>,
-    /// Publishes Events.
-    pub recorder: Recorder,
+    /// Who publishes the Events.
+    pub reporter: Reporter,
     /// Operator metrics.
     pub metrics: Metrics,
 }
@@ -142,14 +156,18 @@ impl Context {
     /// The fleet plan from the stores, with `fresh` (the object being reconciled,
     /// possibly newer than the store's copy) taking its place.
     fn plan(&self, fresh: &TenantPool) -> FleetPlan {
-        let fresh_key = TenantKey::of(fresh);
+        self.fleet_plan(Some(fresh))
+    }
+
+    fn fleet_plan(&self, fresh: Option<&TenantPool>) -> FleetPlan {
+        let fresh_key = fresh.map(TenantKey::of);
         let mut tenant_pools: Vec<Arc<TenantPool>> = self
             .tenant_pools
             .state()
             .into_iter()
-            .filter(|t| TenantKey::of(t) != fresh_key)
+            .filter(|t| Some(TenantKey::of(t)) != fresh_key)
             .collect();
-        tenant_pools.push(Arc::new(fresh.clone()));
+        tenant_pools.extend(fresh.map(|t| Arc::new(t.clone())));
         let pods = self.pods.state();
         desired::plan(&FleetInputs {
             tenant_pools: &tenant_pools,
@@ -226,6 +244,38 @@ impl Context {
         });
     }
 
+    /// Writes the status `tenant` deserves (when it differs) and publishes the
+    /// Events its changes deserve.
+    async fn report(
+        &self,
+        api: &Api<TenantPool>,
+        tenant_pool: &TenantPool,
+        tenant: &TenantPlan,
+        plan: &FleetPlan,
+        fleet: &FleetSync,
+    ) -> Result<TenantPoolStatus, Error> {
+        let new_status = status::compute(tenant_pool, tenant, plan, fleet, Timestamp::now());
+        let old_status = tenant_pool.status.as_ref();
+        if old_status != Some(&new_status) {
+            let patch = serde_json::json!({
+                "apiVersion": TenantPool::api_version(&()),
+                "kind": TenantPool::kind(&()),
+                "status": new_status,
+            });
+            api.patch_status(
+                &tenant_pool.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(Error::Kube)?;
+        }
+        for notice in status::notices(old_status, &new_status) {
+            self.publish(tenant_pool, &notice).await;
+        }
+        Ok(new_status)
+    }
+
     async fn publish(&self, tenant_pool: &TenantPool, notice: &Notice) {
         let event = KubeEvent {
             type_: match notice.severity {
@@ -237,12 +287,13 @@ impl Context {
             action: notice.action.to_string(),
             secondary: None,
         };
+        // A Recorder folds Events of one reason and action on one object into a
+        // series that keeps the first note. Notices are transitions, each with
+        // its own text (a new version, another failing pod), so each is an
+        // Event of its own: a fresh Recorder has nothing to fold it into.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         // An Event that cannot be written must not fail the reconciliation.
-        if let Err(e) = self
-            .recorder
-            .publish(&event, &tenant_pool.object_ref(&()))
-            .await
-        {
+        if let Err(e) = recorder.publish(&event, &tenant_pool.object_ref(&())).await {
             tracing::warn!(tenant_pool = %TenantKey::of(tenant_pool), error = %e, "cannot publish Event");
         }
     }
@@ -274,7 +325,7 @@ async fn reconcile_inner(tenant_pool: Arc<TenantPool>, ctx: &Context) -> Result<
     finalizer(&api, FINALIZER, tenant_pool, |event| async {
         match event {
             Finalized::Apply(tenant_pool) => apply(&tenant_pool, &api, ctx).await,
-            Finalized::Cleanup(tenant_pool) => cleanup(&tenant_pool, ctx).await,
+            Finalized::Cleanup(tenant_pool) => cleanup(&tenant_pool, &api, ctx).await,
         }
     })
     .await
@@ -294,25 +345,7 @@ async fn apply(
         return Ok(Action::await_change());
     };
     let fleet = ctx.fleet.borrow().clone();
-    let new_status = status::compute(tenant_pool, tenant, &plan, &fleet, Timestamp::now());
-    let old_status = tenant_pool.status.as_ref();
-    if old_status != Some(&new_status) {
-        let patch = serde_json::json!({
-            "apiVersion": TenantPool::api_version(&()),
-            "kind": TenantPool::kind(&()),
-            "status": new_status,
-        });
-        api.patch_status(
-            &tenant_pool.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::Kube)?;
-    }
-    for notice in status::notices(old_status, &new_status) {
-        ctx.publish(tenant_pool, &notice).await;
-    }
+    let new_status = ctx.report(api, tenant_pool, tenant, &plan, &fleet).await?;
     let ready = new_status
         .conditions
         .iter()
@@ -325,17 +358,24 @@ async fn apply(
     }))
 }
 
-async fn cleanup(tenant_pool: &TenantPool, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup(
+    tenant_pool: &TenantPool,
+    api: &Api<TenantPool>,
+    ctx: &Context,
+) -> Result<Action, Error> {
     let plan = ctx.plan(tenant_pool);
     ctx.store_snapshot(&plan).await?;
     ctx.publish_targets(&plan);
     let key = TenantKey::of(tenant_pool);
     let fleet = ctx.fleet.borrow().clone();
-    let pending = plan
-        .tenants
-        .get(&key)
-        .map(|tenant| status::removal_pending(tenant, &plan, &fleet))
-        .unwrap_or_default();
+    let pending = match plan.tenants.get(&key) {
+        Some(tenant) => {
+            // Ready=False, reason Deleting, and how many pods confirmed.
+            ctx.report(api, tenant_pool, tenant, &plan, &fleet).await?;
+            status::removal_pending(tenant, &plan, &fleet)
+        }
+        None => Vec::new(),
+    };
     if pending.is_empty() {
         ctx.publish(
             tenant_pool,
@@ -382,9 +422,10 @@ async fn cleanup(tenant_pool: &TenantPool, ctx: &Context) -> Result<Action, Erro
     })
 }
 
-/// What to do after a failed reconciliation.
+/// What to do after a failed reconciliation: waits that end by themselves
+/// (removal confirmations, caches) retry in 2 s, failures back off to 15 s.
 pub fn error_policy(tenant_pool: Arc<TenantPool>, error: &Error, _ctx: Arc<Context>) -> Action {
-    match error {
+    match error.cause() {
         Error::RemovalPending { .. } | Error::CachesNotReady => {
             Action::requeue(Duration::from_secs(2))
         }
@@ -396,6 +437,7 @@ pub fn error_policy(tenant_pool: Arc<TenantPool>, error: &Error, _ctx: Arc<Conte
 }
 
 /// The fleet selector and everything else `run` needs.
+#[derive(Clone)]
 pub struct RunConfig {
     /// Fleet and snapshot settings.
     pub settings: Settings,
@@ -407,24 +449,140 @@ pub struct RunConfig {
     pub instance: Option<String>,
 }
 
-/// Runs the controller and the pusher until `shutdown` resolves.
+/// Whether the TenantPool CRD is installed, as the TenantPool watch finds it:
+/// a missing CRD is logged once and holds `/readyz` back until the watch lists
+/// again.
+pub struct CrdPresence {
+    missing: AtomicBool,
+    readiness: Readiness,
+}
+
+impl CrdPresence {
+    /// Present until a watch or list says otherwise.
+    pub fn new(readiness: Readiness) -> Self {
+        Self {
+            missing: AtomicBool::new(false),
+            readiness,
+        }
+    }
+
+    /// Whether the CRD was found missing and has not come back.
+    pub fn is_missing(&self) -> bool {
+        self.missing.load(Ordering::Relaxed)
+    }
+
+    /// Takes in one result of the TenantPool watch (or the first list).
+    pub fn observe<T>(&self, result: Result<T, &watcher::Error>) {
+        match result {
+            Err(e) if watch_not_found(e) => self.set_missing(),
+            Err(_) => {}
+            Ok(_) => self.set_present(),
+        }
+    }
+
+    fn set_missing(&self) {
+        if !self.missing.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                crd = "tenantpools.teresa.dev",
+                "the TenantPool CRD is not installed: nothing is reconciled until it is \
+                 (install it with `teresa-operator crd | kubectl apply -f -` or the Helm chart)"
+            );
+            self.readiness.block(
+                Blocker::Crd,
+                "the TenantPool CRD (tenantpools.teresa.dev) is not installed",
+            );
+        }
+    }
+
+    fn set_present(&self) {
+        if self.missing.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                crd = "tenantpools.teresa.dev",
+                "the TenantPool CRD is installed again"
+            );
+            self.readiness.clear(Blocker::Crd);
+        }
+    }
+}
+
+fn watch_not_found(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.is_not_found(),
+        watcher::Error::WatchError(s) => s.is_not_found(),
+        _ => false,
+    }
+}
+
+/// While no TenantPool exists, no reconcile runs; this keeps the snapshot Secret
+/// and every pod's target at the empty configuration anyway, so that the poolers
+/// of a fresh install (or of a fleet whose last TenantPool went) become ready.
+/// Runs whenever the pods change, and every 30 s.
+pub async fn keep_empty_fleet(
+    ctx: Arc<Context>,
+    crd: Arc<CrdPresence>,
+    mut pods_changed: watch::Receiver<()>,
+) {
+    let mut backstop = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            changed = pods_changed.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = backstop.tick() => {}
+        }
+        let empty = || ctx.tenant_pools.state().is_empty();
+        if crd.is_missing() || ctx.caches_ready().await.is_err() || !empty() {
+            continue;
+        }
+        let plan = ctx.fleet_plan(None);
+        if let Err(e) = ctx.store_snapshot(&plan).await {
+            tracing::warn!(error = %e, "cannot store the empty fleet snapshot");
+        }
+        // A TenantPool that appeared meanwhile is its reconcile's to publish.
+        if empty() {
+            ctx.publish_targets(&plan);
+        }
+    }
+}
+
+/// Runs the controller and the pusher until `shutdown` resolves. Dropping the
+/// returned future stops both at once (a leader that lost its Lease).
 pub async fn run(
     client: Client,
     config: RunConfig,
     metrics: Metrics,
-    ready: Arc<AtomicBool>,
+    readiness: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
     let namespace = config.settings.pooler_namespace.clone();
     let tenant_pools: Api<TenantPool> = Api::all(client.clone());
-    // Fail early, with a clear message, when the CRD is not installed.
-    tenant_pools
-        .list(&ListParams::default().limit(1))
-        .await
-        .map_err(Error::Kube)?;
+    let crd = Arc::new(CrdPresence::new(readiness.clone()));
+    // A missing CRD is reported and waited for; any other failure to list is
+    // a configuration error worth failing on.
+    match tenant_pools.list(&ListParams::default().limit(1)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.is_not_found() => {
+            crd.observe::<()>(Err(&watcher::Error::InitialListFailed(kube::Error::Api(s))));
+        }
+        Err(e) => return Err(Error::Kube(e)),
+    }
     let fleet_selector =
         selector::to_query(&selector::parse(&config.pooler_selector).unwrap_or_default());
 
+    let (tenant_pool_store, tenant_pool_writer) = reflector::store();
+    let tenant_pool_stream = {
+        let crd = crd.clone();
+        reflector::reflector(
+            tenant_pool_writer,
+            watcher(tenant_pools, watcher::Config::default().any_semantic()),
+        )
+        .inspect(move |event| crd.observe(event.as_ref()))
+        .applied_objects()
+    };
     let (secrets, secret_writer) = reflector::store();
     let secret_stream = reflector::reflector(
         secret_writer,
@@ -436,6 +594,7 @@ pub async fn run(
     .default_backoff()
     .touched_objects();
     let (pods, pod_writer) = reflector::store();
+    let (pods_changed_tx, pods_changed) = watch::channel(());
     let pod_stream = reflector::reflector(
         pod_writer,
         watcher(
@@ -444,17 +603,16 @@ pub async fn run(
         ),
     )
     .default_backoff()
-    .touched_objects();
+    .touched_objects()
+    .inspect(move |_| pods_changed_tx.send_replace(()));
 
     let (targets_tx, targets_rx) = watch::channel(Arc::new(PushTargets::new()));
     let (fleet_tx, fleet_rx) = watch::channel(Arc::new(FleetSync::new()));
-    let pusher =
-        tokio::spawn(Pusher::new(config.push, targets_rx, fleet_tx, Some(metrics.clone())).run());
     let fleet_changes = futures::stream::unfold(fleet_rx.clone(), |mut rx| async move {
         rx.changed().await.ok().map(|()| ((), rx))
     });
 
-    let controller = Controller::new(tenant_pools, watcher::Config::default().any_semantic());
+    let controller = Controller::for_stream(tenant_pool_stream, tenant_pool_store);
     let store = controller.store();
     let for_secrets = store.clone();
     let for_pods = store.clone();
@@ -466,16 +624,17 @@ pub async fn run(
         pods,
         targets: targets_tx,
         fleet: fleet_rx,
-        recorder: Recorder::new(
-            client,
-            Reporter {
-                controller: FIELD_MANAGER.to_string(),
-                instance: config.instance,
-            },
-        ),
-        metrics,
+        reporter: Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance: config.instance,
+        },
+        metrics: metrics.clone(),
     });
-    ready.store(true, Ordering::Relaxed);
+    // Owned here: dropping `run` aborts them.
+    let mut helpers = JoinSet::new();
+    helpers.spawn(Pusher::new(config.push, targets_rx, fleet_tx, Some(metrics)).run());
+    helpers.spawn(keep_empty_fleet(ctx.clone(), crd, pods_changed));
+    readiness.clear(Blocker::Starting);
     controller
         .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
         .watches_stream(secret_stream, move |secret: Secret| {
@@ -509,12 +668,18 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile trigger failed");
+            match result {
+                Ok(_) => {}
+                // The watch errors themselves; a missing CRD is reported once by
+                // CrdPresence, other failures here.
+                Err(kube::runtime::controller::Error::QueueError(e)) if !watch_not_found(&e) => {
+                    tracing::warn!(error = %e, "watch failed; retrying with backoff");
+                }
+                Err(e) => tracing::debug!(error = %e, "reconcile trigger failed"),
             }
         })
         .await;
-    pusher.abort();
+    helpers.shutdown().await;
     Ok(())
 }
 

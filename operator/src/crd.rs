@@ -276,7 +276,7 @@ pub struct TenantPoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
 
-    /// Ready, CredentialsResolved and ConfigApplied.
+    /// Ready, CredentialsResolved, ConfigApplied and DatabaseReachable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -290,7 +290,8 @@ pub struct TenantPoolStatus {
     #[serde(default)]
     pub poolers_selected: u32,
 
-    /// Of those, the pods that confirmed the current configuration.
+    /// Of those, the reachable pods that confirmed the current configuration
+    /// and report serving this tenant.
     #[serde(default)]
     pub poolers_synced: u32,
 
@@ -391,7 +392,39 @@ impl TenantPool {
 /// The CRD as YAML, exactly what `teresa-operator crd` prints and
 /// `crds/tenantpool.yaml` holds.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&TenantPool::crd())
+    let mut crd = serde_yaml::to_value(TenantPool::crd())?;
+    reflow_descriptions(&mut crd);
+    serde_yaml::to_string(&crd)
+}
+
+/// Joins the doc comments' wrapped lines in every `description` (blank lines stay
+/// paragraph breaks): `kubectl explain` wraps text to the terminal itself and
+/// would otherwise show the source's line breaks in the middle of sentences.
+fn reflow_descriptions(value: &mut serde_yaml::Value) {
+    match value {
+        serde_yaml::Value::Mapping(map) => {
+            for (key, value) in map.iter_mut() {
+                match value {
+                    serde_yaml::Value::String(text) if key.as_str() == Some("description") => {
+                        *text = text
+                            .split("\n\n")
+                            .map(|paragraph| {
+                                paragraph
+                                    .lines()
+                                    .map(str::trim)
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                    }
+                    other => reflow_descriptions(other),
+                }
+            }
+        }
+        serde_yaml::Value::Sequence(items) => items.iter_mut().for_each(reflow_descriptions),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

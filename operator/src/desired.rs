@@ -518,11 +518,20 @@ fn pod_address(pod: &Pod) -> Option<String> {
     status.pod_ip.clone().filter(|ip| !ip.is_empty())
 }
 
+/// Restarts of every container, init containers included: a pooler running as
+/// a native sidecar (an init container with `restartPolicy: Always`) reports
+/// its restarts there.
 fn restarts(pod: &Pod) -> i32 {
     pod.status
         .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+        .map(|s| {
+            s.container_statuses
+                .iter()
+                .chain(s.init_container_statuses.iter())
+                .flatten()
+                .map(|c| c.restart_count)
+                .sum()
+        })
         .unwrap_or(0)
 }
 

@@ -2,10 +2,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, atomic::AtomicBool},
-};
+use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -13,8 +10,9 @@ use futures::FutureExt;
 use teresa_operator::{
     cli::{Cli, Command, LogFormat, RunArgs},
     controller::{self, RunConfig, Settings},
-    crd, http,
-    leader::Leadership,
+    crd,
+    http::{self, Blocker, Readiness},
+    leader::{ElectionSettings, Leadership},
     metrics::Metrics,
     push::{AdminTls, PushSettings},
     selector,
@@ -40,11 +38,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     selector::parse(&args.pooler_selector)
         .with_context(|| format!("--pooler-selector {:?}", args.pooler_selector))?;
     let metrics = Metrics::new().context("registering metrics")?;
-    let ready = Arc::new(AtomicBool::new(false));
-    let addr = SocketAddr::from(([0, 0, 0, 0], args.metrics_port));
+    let readiness = Readiness::starting();
+    let addr = SocketAddr::new(args.metrics_host, args.metrics_port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics server to {addr}"))?;
     let http_server = tokio::spawn(http::serve(
-        addr,
-        http::router(ready.clone(), metrics.clone()),
+        listener,
+        http::router(readiness.clone(), metrics.clone()),
     ));
 
     let client = kube::Client::try_default()
@@ -55,7 +56,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .ok()
         .filter(|n| !n.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok());
-    tracing::info!(pooler_namespace = %pooler_namespace, selector = %args.pooler_selector, leader_election = args.leader_election, "teresa-operator starting");
+    tracing::info!(pooler_namespace = %pooler_namespace, selector = %args.pooler_selector, leader_election = args.leader_election, metrics = %addr, "teresa-operator starting");
 
     let config = RunConfig {
         settings: Settings {
@@ -90,43 +91,48 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     if !args.leader_election {
         metrics.leader.set(1);
-        controller::run(client, config, metrics, ready, shutdown)
-            .await
-            .context("controller")?;
+        let result = controller::run(client, config, metrics, readiness, shutdown).await;
         http_server.abort();
-        return Ok(());
+        return result.context("controller");
     }
 
     let identity = instance.unwrap_or_else(|| format!("teresa-operator-{}", std::process::id()));
     let lease_namespace = args.lease_namespace();
     let mut leadership = Leadership::start(
         client.clone(),
-        &lease_namespace,
-        &args.lease_name,
-        &identity,
-    )
-    .await
-    .context("leader election")?;
-    // A standby replica is healthy and ready; it just does not reconcile.
-    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        ElectionSettings::new(&lease_namespace, &args.lease_name, &identity),
+        metrics.clone(),
+        readiness.clone(),
+    );
+    // A standby replica is ready (unless it cannot reach its Lease); it just
+    // does not reconcile.
+    readiness.clear(Blocker::Starting);
     tracing::info!(lease = %args.lease_name, namespace = %lease_namespace, identity = %identity, "waiting for leadership");
-    tokio::select! {
-        _ = shutdown.clone() => return Ok(()),
-        acquired = leadership.acquired() => acquired.context("leader election")?,
-    }
-    tracing::info!(identity = %identity, "acquired leadership, reconciling");
-    metrics.leader.set(1);
-    tokio::select! {
-        result = controller::run(client, config, metrics, ready, shutdown) => {
-            result.context("controller")?;
-            Ok(())
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.clone() => break Ok(()),
+            acquired = leadership.acquired() => {
+                if let Err(e) = acquired {
+                    break Err(anyhow::Error::new(e).context("leader election"));
+                }
+            }
         }
-        _ = leadership.lost() => {
-            // Exit so that a restarted replica competes again: never reconcile
-            // beside a new leader.
-            anyhow::bail!("lost leadership of Lease {lease_namespace}/{}", args.lease_name)
+        tracing::info!(identity = %identity, "leading: reconciling");
+        // Dropping the controller on loss stops every reconcile and push at once:
+        // the new leader may act in a few seconds.
+        tokio::select! {
+            result = controller::run(client.clone(), config.clone(), metrics.clone(), readiness.clone(), shutdown.clone()) => {
+                break result.context("controller");
+            }
+            _ = leadership.lost() => {
+                tracing::warn!(identity = %identity, "standing by to compete for the Lease again");
+            }
         }
-    }
+    };
+    // After the controller stopped: hand the Lease to a standby at once.
+    leadership.release().await;
+    http_server.abort();
+    result
 }
 
 fn init_logging(format: LogFormat) {

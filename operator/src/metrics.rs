@@ -1,6 +1,7 @@
 //! The operator's Prometheus metrics. Names are part of the contract (DESIGN.md):
 //! `teresa_operator_reconciliations_total{outcome}`,
-//! `teresa_operator_reconcile_duration_seconds`, and the push counters.
+//! `teresa_operator_reconcile_duration_seconds`, the push counters and the
+//! leader election gauge and counter.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -19,8 +20,11 @@ pub struct Metrics {
     pub pushes: IntCounterVec,
     /// Failed pod syncs, by reason.
     pub push_failures: IntCounterVec,
-    /// 1 while this replica holds the leader lease.
+    /// 1 while this replica holds the leader lease and may reconcile.
     pub leader: IntGauge,
+    /// Leadership changes, by event: "acquired", "lost" (renewal failed or
+    /// another replica took the Lease), "released" (shutdown).
+    pub leader_transitions: IntCounterVec,
 }
 
 impl Metrics {
@@ -60,11 +64,19 @@ impl Metrics {
             "teresa_operator_leader",
             "1 while this replica holds the leader lease",
         )?;
+        let leader_transitions = IntCounterVec::new(
+            Opts::new(
+                "teresa_operator_leader_transitions_total",
+                "Leadership changes of this replica: acquired, lost, released",
+            ),
+            &["event"],
+        )?;
         registry.register(Box::new(reconciliations.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(pushes.clone()))?;
         registry.register(Box::new(push_failures.clone()))?;
         registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(leader_transitions.clone()))?;
         Ok(Self {
             registry,
             reconciliations,
@@ -72,6 +84,7 @@ impl Metrics {
             pushes,
             push_failures,
             leader,
+            leader_transitions,
         })
     }
 

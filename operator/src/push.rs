@@ -50,6 +50,8 @@ pub struct TenantStats {
     pub idle: i32,
     /// The pool's maximum.
     pub max: i32,
+    /// The pooler's last attempt to open a server connection succeeded.
+    pub database_reachable: bool,
 }
 
 /// Files and names for the operator's side of the admin mTLS.
@@ -247,6 +249,7 @@ fn tenant_stats(status: &PoolerStatus) -> BTreeMap<String, TenantStats> {
                     active: t.active_connections,
                     idle: t.idle_connections,
                     max: t.max_connections,
+                    database_reachable: t.database_reachable,
                 },
             )
         })
@@ -332,7 +335,8 @@ impl Pusher {
     /// Runs until the targets' sender is dropped.
     pub async fn run(mut self) {
         let mut pods: BTreeMap<String, PodEntry> = BTreeMap::new();
-        let mut tasks: JoinSet<(String, String, Result<SyncReport, PushError>)> = JoinSet::new();
+        let mut tasks: JoinSet<(String, String, String, Result<SyncReport, PushError>)> =
+            JoinSet::new();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -343,8 +347,8 @@ impl Pusher {
                     }
                 }
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Ok((name, uid, result)) = joined {
-                        self.record(&mut pods, &name, &uid, result);
+                    if let Ok((name, uid, version, result)) = joined {
+                        self.record(&mut pods, &name, &uid, &version, result);
                     }
                 }
                 _ = tick.tick() => {}
@@ -373,9 +377,12 @@ impl Pusher {
                     in_flight: false,
                 });
                 if entry.desired != target.snapshot.version() {
-                    // A new configuration is worth trying at once, backoff or not.
+                    // A new configuration is worth trying at once, backoff or not,
+                    // and the old one's failure says nothing about it.
                     entry.desired = target.snapshot.version().to_string();
                     entry.next_attempt = now;
+                    entry.sync.last_error = None;
+                    entry.sync.failures = 0;
                 }
                 let stale = entry
                     .checked_at
@@ -391,7 +398,8 @@ impl Pusher {
                 let name = name.clone();
                 tasks.spawn(async move {
                     let result = sync_pod(&settings, &address, &plan).await;
-                    (name, plan.uid, result)
+                    let version = plan.snapshot.version().to_string();
+                    (name, plan.uid, version, result)
                 });
             }
             let published: FleetSync = pods
@@ -415,6 +423,7 @@ impl Pusher {
         pods: &mut BTreeMap<String, PodEntry>,
         name: &str,
         uid: &str,
+        version: &str,
         result: Result<SyncReport, PushError>,
     ) {
         let Some(entry) = pods.get_mut(name).filter(|e| e.uid == uid) else {
@@ -448,6 +457,13 @@ impl Pusher {
                     m.push_failures
                         .with_label_values(&[error.metric_label()])
                         .inc();
+                }
+                if entry.desired != version {
+                    // The configuration changed while this attempt ran: its
+                    // failure (perhaps caused by a tenant that is gone) neither
+                    // shows in status nor delays the new configuration.
+                    entry.next_attempt = now;
+                    return;
                 }
                 entry.sync.failures = entry.sync.failures.saturating_add(1);
                 entry.sync.last_error = Some(error.to_string());

@@ -20,6 +20,9 @@ pub const READY: &str = "Ready";
 pub const CREDENTIALS_RESOLVED: &str = "CredentialsResolved";
 /// Condition type: the selected pooler pods confirmed the configuration.
 pub const CONFIG_APPLIED: &str = "ConfigApplied";
+/// Condition type: the pooler pods serving the tenant can open connections to
+/// its database (their last connection attempt succeeded).
+pub const DATABASE_REACHABLE: &str = "DatabaseReachable";
 
 /// Severity of an Event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +52,11 @@ const NAMED_PODS: usize = 3;
 /// The status a TenantPool should have. Conditions keep their
 /// `lastTransitionTime` while their status does not change, so an unchanged
 /// situation yields an equal status and no write.
+///
+/// What the pods hold is only known once the pusher heard from them: while a
+/// selected pod has not answered yet (a fresh operator process, a new leader, a
+/// new pod), a status written for this same generation and configuration
+/// version is kept as it is, rather than downgraded to "pending" and back.
 pub fn compute(
     tenant_pool: &TenantPool,
     tenant: &TenantPlan,
@@ -58,15 +66,32 @@ pub fn compute(
 ) -> TenantPoolStatus {
     let previous = tenant_pool.status.as_ref();
     let generation = tenant_pool.metadata.generation;
+    if let (TenantOutcome::Serving { config_version }, Some(previous)) = (&tenant.outcome, previous)
+        && previous.observed_generation == generation
+        && previous.config_version.as_ref() == Some(config_version)
+        && tenant
+            .selected_pods
+            .iter()
+            .any(|pod| !heard_from(pod, plan, fleet))
+    {
+        return previous.clone();
+    }
     let selected = tenant.selected_pods.len() as u32;
     let synced_pods: Vec<&String> = tenant
         .selected_pods
         .iter()
-        .filter(|pod| pod_synced(pod, plan, fleet))
+        .filter(|pod| holds_tenant(pod, tenant, plan, fleet))
         .collect();
     let synced = synced_pods.len() as u32;
+    let not_served = || {
+        (
+            "Unknown",
+            "NotChecked",
+            "not checked: no pooler pod serves the tenant".to_string(),
+        )
+    };
 
-    let (credentials, applied, ready, config_version) = match &tenant.outcome {
+    let (credentials, applied, database, ready, config_version) = match &tenant.outcome {
         TenantOutcome::Serving { config_version } => {
             let credentials = (
                 "True",
@@ -82,7 +107,12 @@ pub fn compute(
                 ),
             );
             let applied = applied_condition(tenant, plan, fleet, synced, selected);
-            let ready = if applied.0 == "True" {
+            let database = database_condition(tenant_pool, &synced_pods, fleet);
+            let ready = if applied.0 != "True" {
+                ("False", applied.1, applied.2.clone())
+            } else if database.0 != "True" {
+                ("False", "DatabaseUnreachable", database.2.clone())
+            } else {
                 (
                     "True",
                     "Serving",
@@ -91,10 +121,14 @@ pub fn compute(
                         tenant.tenant_id
                     ),
                 )
-            } else {
-                ("False", applied.1, applied.2.clone())
             };
-            (credentials, applied, ready, Some(config_version.clone()))
+            (
+                credentials,
+                applied,
+                database,
+                ready,
+                Some(config_version.clone()),
+            )
         }
         TenantOutcome::CredentialsUnresolved(problem) => (
             ("False", problem.reason(), problem.to_string()),
@@ -103,6 +137,7 @@ pub fn compute(
                 "NotPushed",
                 "not pushed to pooler pods until its credentials resolve".to_string(),
             ),
+            not_served(),
             ("False", "CredentialsUnresolved", problem.to_string()),
             None,
         ),
@@ -119,6 +154,7 @@ pub fn compute(
                     "NotPushed",
                     "not pushed: the spec is invalid".into(),
                 ),
+                not_served(),
                 ("False", "InvalidSpec", message),
                 None,
             )
@@ -140,6 +176,7 @@ pub fn compute(
                     "NotPushed",
                     format!("not pushed: tenant id held by TenantPool {winner}"),
                 ),
+                not_served(),
                 ("False", "TenantIdConflict", message),
                 None,
             )
@@ -149,7 +186,15 @@ pub fn compute(
             (
                 "False",
                 "Removing",
-                format!("removing the tenant from {selected} pooler pod(s); {synced} confirmed"),
+                format!(
+                    "removing the tenant from {selected} pooler pod(s); {} confirmed",
+                    tenant.selected_pods.len() - removal_pending(tenant, plan, fleet).len()
+                ),
+            ),
+            (
+                "Unknown",
+                "NotChecked",
+                "not checked: the tenant is being removed".to_string(),
             ),
             (
                 "False",
@@ -164,6 +209,7 @@ pub fn compute(
         (READY, ready),
         (CREDENTIALS_RESOLVED, credentials),
         (CONFIG_APPLIED, applied),
+        (DATABASE_REACHABLE, database),
     ]
     .into_iter()
     .map(|(type_, (status, reason, message))| {
@@ -214,11 +260,39 @@ fn previous_condition(
     }
 }
 
-/// Whether a pod confirmed the configuration it should hold.
-pub fn pod_synced(pod: &str, plan: &FleetPlan, fleet: &FleetSync) -> bool {
+/// Whether a pod reported the configuration it should hold (it may have become
+/// unreachable since).
+fn pod_applied(pod: &str, plan: &FleetPlan, fleet: &FleetSync) -> bool {
     match (plan.pods.get(pod), fleet.get(pod)) {
         (Some(want), Some(have)) => {
             have.uid == want.uid && have.applied_version.as_deref() == Some(want.snapshot.version())
+        }
+        _ => false,
+    }
+}
+
+/// Whether a pod confirmed the configuration it should hold and its last
+/// contact succeeded: an unreachable pod is not synced, whatever it held.
+pub fn pod_synced(pod: &str, plan: &FleetPlan, fleet: &FleetSync) -> bool {
+    pod_applied(pod, plan, fleet) && fleet.get(pod).is_some_and(|s| s.last_error.is_none())
+}
+
+/// Whether a synced pod serves this tenant at its current configuration: the
+/// tenant is pushed (not a Conflict loser, not invalid) and the pod reports it.
+pub fn holds_tenant(pod: &str, tenant: &TenantPlan, plan: &FleetPlan, fleet: &FleetSync) -> bool {
+    matches!(tenant.outcome, TenantOutcome::Serving { .. })
+        && pod_synced(pod, plan, fleet)
+        && fleet
+            .get(pod)
+            .is_some_and(|s| s.tenants.contains_key(&tenant.tenant_id))
+}
+
+/// Whether the pusher has had an answer (or a failure) from this pod since the
+/// operator started.
+fn heard_from(pod: &str, plan: &FleetPlan, fleet: &FleetSync) -> bool {
+    match (plan.pods.get(pod), fleet.get(pod)) {
+        (Some(want), Some(have)) => {
+            have.uid == want.uid && (have.applied_version.is_some() || have.last_error.is_some())
         }
         _ => false,
     }
@@ -256,7 +330,7 @@ fn applied_condition(
     let pending: Vec<&String> = tenant
         .selected_pods
         .iter()
-        .filter(|p| !pod_synced(p, plan, fleet))
+        .filter(|p| !holds_tenant(p, tenant, plan, fleet))
         .collect();
     let failing: Vec<String> = pending
         .iter()
@@ -283,6 +357,59 @@ fn applied_condition(
             format!(
                 "applied on {synced}/{selected} pooler pod(s); retrying with backoff: {}",
                 name_some(failing)
+            ),
+        )
+    }
+}
+
+fn database_condition(
+    tenant_pool: &TenantPool,
+    synced_pods: &[&String],
+    fleet: &FleetSync,
+) -> (&'static str, &'static str, String) {
+    let db = &tenant_pool.spec.database;
+    let target = format!("{}:{}/{}", db.host, db.port, db.dbname);
+    if synced_pods.is_empty() {
+        return (
+            "Unknown",
+            "NoPoolerReports",
+            format!("no pooler pod serving the tenant has reported on {target} yet"),
+        );
+    }
+    let unreachable: Vec<String> = synced_pods
+        .iter()
+        .filter(|p| {
+            fleet
+                .get(p.as_str())
+                .and_then(|s| s.tenants.get(&tenant_pool.tenant_id()))
+                .is_some_and(|t| !t.database_reachable)
+        })
+        .map(|p| p.to_string())
+        .collect();
+    if unreachable.is_empty() {
+        (
+            "True",
+            "Reachable",
+            format!(
+                "{} pooler pod(s) open connections to {target}",
+                synced_pods.len()
+            ),
+        )
+    } else {
+        (
+            "False",
+            "Unreachable",
+            format!(
+                "pooler pod(s) {} cannot open connections to {target}: check that the database runs and \
+                 accepts connections from the pooler pods, and that Secret {}/{} holds valid credentials \
+                 (the pooler's log names the cause)",
+                name_some(unreachable),
+                tenant_pool
+                    .metadata
+                    .namespace
+                    .as_deref()
+                    .unwrap_or_default(),
+                db.credentials_secret.name
             ),
         )
     }
@@ -317,7 +444,7 @@ pub fn removal_pending(tenant: &TenantPlan, plan: &FleetPlan, fleet: &FleetSync)
     tenant
         .selected_pods
         .iter()
-        .filter(|p| !pod_synced(p, plan, fleet))
+        .filter(|p| !pod_applied(p, plan, fleet))
         .cloned()
         .collect()
 }
@@ -368,6 +495,14 @@ pub fn notices(old: Option<&TenantPoolStatus>, new: &TenantPoolStatus) -> Vec<No
             severity: Severity::Warning,
             reason: "PushFailed",
             action: "PushConfig",
+            note,
+        });
+    }
+    if let Some(note) = became(DATABASE_REACHABLE, "False", None) {
+        notices.push(Notice {
+            severity: Severity::Warning,
+            reason: "DatabaseUnreachable",
+            action: "CheckDatabase",
             note,
         });
     }

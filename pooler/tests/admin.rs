@@ -578,6 +578,27 @@ async fn without_a_config_the_pooler_is_not_ready_until_one_is_applied() {
     );
 }
 
+#[tokio::test]
+async fn an_applied_empty_configuration_makes_the_pooler_ready() {
+    // What the operator pushes to a fleet without any TenantPool.
+    let pooler = spawn_unready(PoolerSetup::new(&[]), Certs::generate()).await;
+    assert_eq!(pooler.http_get("/readyz").await.unwrap().0, 503);
+    pooler
+        .admin()
+        .await
+        .apply_config(PoolerConfig {
+            version: "empty".into(),
+            ..PoolerConfig::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pooler.http_get("/readyz").await.unwrap().0, 200);
+    let status = status(&pooler).await;
+    assert!(status.ready);
+    assert_eq!(status.applied_version, "empty");
+    assert!(status.tenants.is_empty());
+}
+
 /// Starts a pooler whose --config file is missing, waiting only for its
 /// listeners (it is not ready by design).
 async fn spawn_unready(setup: PoolerSetup, certs: Certs) -> Pooler {

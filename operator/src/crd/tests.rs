@@ -115,3 +115,40 @@ fn tenant_id_defaults_to_the_resource_name() {
     tp.spec.tenant_id = Some("orders-eu".into());
     assert_eq!(tp.tenant_id(), "orders-eu");
 }
+
+#[test]
+fn descriptions_have_no_line_breaks_inside_paragraphs_for_kubectl_explain() {
+    fn walk(value: &serde_yaml::Value, found: &mut Vec<String>) {
+        match value {
+            serde_yaml::Value::Mapping(map) => {
+                for (key, value) in map {
+                    match value {
+                        serde_yaml::Value::String(text) if key.as_str() == Some("description") => {
+                            found.push(text.clone())
+                        }
+                        other => walk(other, found),
+                    }
+                }
+            }
+            serde_yaml::Value::Sequence(items) => items.iter().for_each(|v| walk(v, found)),
+            _ => {}
+        }
+    }
+    let crd: serde_yaml::Value = serde_yaml::from_str(&schema_yaml()).unwrap();
+    let mut descriptions = Vec::new();
+    walk(&crd, &mut descriptions);
+    assert!(descriptions.len() > 20, "{descriptions:?}");
+    for text in &descriptions {
+        assert!(
+            !text.replace("\n\n", "").contains('\n'),
+            "a hard line break inside a paragraph: {text:?}"
+        );
+    }
+    assert!(
+        descriptions.iter().any(
+            |d| d.contains("Client certificate identities (URI SAN such as")
+                && d.contains("allowed to lease this tenant")
+        ),
+        "the allowedClients description reads as one paragraph"
+    );
+}

@@ -496,3 +496,18 @@ fn referenced_secrets_are_the_credentials_and_ca_secrets_in_the_same_namespace()
     assert!(refs.contains(&("shop".to_string(), "db-ca".to_string())));
     assert_eq!(refs.len(), 2);
 }
+
+#[test]
+fn a_restarted_native_sidecar_pooler_counts_as_a_new_incarnation() {
+    let mut sidecar = pod("p", "10.0.0.1", &[]);
+    if let Some(s) = sidecar.status.as_mut() {
+        // A native sidecar is an init container with restartPolicy: Always.
+        s.init_container_statuses = Some(vec![k8s_openapi::api::core::v1::ContainerStatus {
+            name: "teresa-pooler".into(),
+            restart_count: 2,
+            ..Default::default()
+        }]);
+    }
+    let plan = plan_of(&[], &[], &[sidecar]);
+    assert_eq!(plan.pods["p"].restarts, 2);
+}

@@ -18,7 +18,8 @@ fn now() -> Timestamp {
     at(1000).0
 }
 
-/// Every pod in the plan confirmed its desired version.
+/// Every pod in the plan confirmed its desired version and reports its
+/// tenants, their databases reachable.
 fn all_synced(plan: &FleetPlan) -> FleetSync {
     plan.pods
         .values()
@@ -28,11 +29,33 @@ fn all_synced(plan: &FleetPlan) -> FleetSync {
                 PodSync {
                     uid: p.uid.clone(),
                     applied_version: Some(p.snapshot.version().to_string()),
+                    tenants: p
+                        .snapshot
+                        .tenant_ids()
+                        .into_iter()
+                        .map(|id| {
+                            (
+                                id.to_string(),
+                                TenantStats {
+                                    database_reachable: true,
+                                    ..TenantStats::default()
+                                },
+                            )
+                        })
+                        .collect(),
                     ..PodSync::default()
                 },
             )
         })
         .collect()
+}
+
+fn one_pod_plan(tp: &TenantPool) -> FleetPlan {
+    plan_of(
+        std::slice::from_ref(tp),
+        &[creds("shop", "pw", "1")],
+        &[pod("a", "10.0.0.1", &[])],
+    )
 }
 
 fn condition<'a>(status: &'a TenantPoolStatus, type_: &str) -> &'a Condition {
@@ -63,6 +86,7 @@ fn synced_tenant_is_ready_with_counts_and_version() {
     assert_eq!(condition(&status, READY).status, "True");
     assert_eq!(condition(&status, CREDENTIALS_RESOLVED).status, "True");
     assert_eq!(condition(&status, CONFIG_APPLIED).reason, "Applied");
+    assert_eq!(condition(&status, DATABASE_REACHABLE).status, "True");
     assert_eq!(status.synced.as_deref(), Some("3/3"));
     assert_eq!((status.poolers_synced, status.poolers_selected), (3, 3));
     assert_eq!(status.observed_generation, Some(1));
@@ -199,6 +223,7 @@ fn connections_sum_over_synced_pods() {
                 active,
                 idle: 2,
                 max: 20,
+                database_reachable: true,
             },
         )]);
     }
@@ -374,4 +399,148 @@ fn status_never_contains_the_password() {
     let status = status_for(&tp, &plan, &all_synced(&plan));
     let text = serde_json::to_string(&status).unwrap();
     assert!(!text.contains("hunter2-pw"));
+}
+
+#[test]
+fn a_fresh_operator_keeps_the_written_status_until_the_pods_answered() {
+    let mut tp = tenant_pool("shop", "orders", 0);
+    let plan = one_pod_plan(&tp);
+    let ready = status_for(&tp, &plan, &all_synced(&plan));
+    tp.status = Some(ready.clone());
+    // A new process: the pusher has not heard from the pod yet (no entry, then
+    // an entry without an answer).
+    let unheard = FleetSync::from([(
+        "a".to_string(),
+        PodSync {
+            uid: "uid-a".into(),
+            ..PodSync::default()
+        },
+    )]);
+    for fleet in [FleetSync::new(), unheard] {
+        let status = compute(
+            &tp,
+            &plan.tenants[&key("shop", "orders")],
+            &plan,
+            &fleet,
+            at(5000).0,
+        );
+        assert_eq!(status, ready, "no downgrade before the pod answered");
+        assert!(notices(Some(&ready), &status).is_empty());
+    }
+    // A changed spec is another matter: nothing is known about it yet.
+    tp.metadata.generation = Some(2);
+    let status = status_for(&tp, &plan, &FleetSync::new());
+    assert_eq!(condition(&status, CONFIG_APPLIED).reason, "Pending");
+}
+
+#[test]
+fn the_conflict_loser_counts_no_synced_pods() {
+    let older = with_id(tenant_pool("team-b", "pay", 0), "payments");
+    let newer = with_id(tenant_pool("team-a", "pay", 9), "payments");
+    let plan = plan_of(
+        &[older.clone(), newer.clone()],
+        &[creds("team-a", "a", "1"), creds("team-b", "b", "1")],
+        &[pod("a", "10.0.0.1", &[])],
+    );
+    let fleet = all_synced(&plan);
+    let loser = status_for(&newer, &plan, &fleet);
+    assert_eq!(loser.synced.as_deref(), Some("0/1"));
+    assert_eq!(condition(&loser, DATABASE_REACHABLE).status, "Unknown");
+    assert_eq!(
+        status_for(&older, &plan, &fleet).synced.as_deref(),
+        Some("1/1")
+    );
+}
+
+#[test]
+fn a_pod_that_became_unreachable_after_syncing_is_not_synced() {
+    let tp = tenant_pool("shop", "orders", 0);
+    let plan = one_pod_plan(&tp);
+    let mut fleet = all_synced(&plan);
+    let a = fleet.get_mut("a").unwrap();
+    a.last_error = Some("cannot connect to https://10.0.0.1:50053: timed out".into());
+    a.failures = 1;
+    let status = status_for(&tp, &plan, &fleet);
+    assert_eq!(status.synced.as_deref(), Some("0/1"));
+    let applied = condition(&status, CONFIG_APPLIED);
+    assert_eq!(
+        (applied.status.as_str(), applied.reason.as_str()),
+        ("False", "PushFailed")
+    );
+    assert_eq!(condition(&status, READY).status, "False");
+}
+
+#[test]
+fn a_pod_that_does_not_report_the_tenant_does_not_hold_it() {
+    let tp = tenant_pool("shop", "orders", 0);
+    let plan = one_pod_plan(&tp);
+    let mut fleet = all_synced(&plan);
+    fleet.get_mut("a").unwrap().tenants.clear();
+    let status = status_for(&tp, &plan, &fleet);
+    assert_eq!(status.synced.as_deref(), Some("0/1"));
+    assert_eq!(condition(&status, READY).status, "False");
+}
+
+#[test]
+fn an_unreachable_database_is_its_own_condition_and_holds_ready_back() {
+    let tp = tenant_pool("shop", "orders", 0);
+    let plan = one_pod_plan(&tp);
+    let healthy = status_for(&tp, &plan, &all_synced(&plan));
+    let mut fleet = all_synced(&plan);
+    fleet
+        .get_mut("a")
+        .unwrap()
+        .tenants
+        .get_mut("orders")
+        .unwrap()
+        .database_reachable = false;
+    let status = status_for(&tp, &plan, &fleet);
+    let db = condition(&status, DATABASE_REACHABLE);
+    assert_eq!(
+        (db.status.as_str(), db.reason.as_str()),
+        ("False", "Unreachable")
+    );
+    assert!(
+        db.message.contains("db.example:5432/app") && db.message.contains("shop/db-creds"),
+        "{}",
+        db.message
+    );
+    assert!(!db.message.contains("pw"), "{}", db.message);
+    let ready = condition(&status, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "DatabaseUnreachable")
+    );
+    assert_eq!(condition(&status, CONFIG_APPLIED).status, "True");
+    let warned = notices(Some(&healthy), &status);
+    assert!(
+        warned
+            .iter()
+            .any(|n| n.reason == "DatabaseUnreachable" && n.severity == Severity::Warning),
+        "{warned:?}"
+    );
+}
+
+#[test]
+fn push_failed_clears_with_its_cause() {
+    let mut tp = tenant_pool("shop", "orders", 0);
+    let plan = one_pod_plan(&tp);
+    let failing = FleetSync::from([(
+        "a".to_string(),
+        PodSync {
+            uid: "uid-a".into(),
+            last_error: Some("pooler rejected the configuration: tenants[1] (poison)".into()),
+            failures: 3,
+            ..PodSync::default()
+        },
+    )]);
+    tp.status = Some(status_for(&tp, &plan, &failing));
+    assert_eq!(
+        condition(tp.status.as_ref().unwrap(), CONFIG_APPLIED).reason,
+        "PushFailed"
+    );
+    let status = status_for(&tp, &plan, &all_synced(&plan));
+    let applied = condition(&status, CONFIG_APPLIED);
+    assert_eq!(applied.reason, "Applied");
+    assert!(!serde_json::to_string(&status).unwrap().contains("poison"));
 }
