@@ -500,6 +500,7 @@ fn pod_status(slot: &PodSlot, ready: bool, started: &str) -> serde_json::Value {
     serde_json::json!({
         "phase": "Running",
         "hostIP": "127.0.0.1",
+        "hostIPs": [{"ip": "127.0.0.1"}],
         "podIP": ip,
         "podIPs": [{"ip": ip}],
         "startTime": started,
