@@ -179,3 +179,6 @@ pub fn override_args(args: &[String], overrides: &[(&str, String)]) -> Vec<Strin
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

@@ -37,8 +37,8 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Polls `check` every 100 ms until it returns `Some`, or panics after
-/// `limit` with `what` and the last value `describe` gives.
+/// Polls `check` every 100 ms until it returns `Ok`, or panics after `limit`
+/// with `what` and the last `Err` (what was seen instead).
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
