@@ -6,6 +6,10 @@
 # from PyPI (helm-python-sdk).
 #
 #   bash charts/check.sh
+#   bash charts/check.sh --render NAMESPACE   # print the default render as YAML
+#
+# The end-to-end suite (e2e/) renders the chart with --render, so it installs
+# exactly the RBAC and labels these checks pass.
 #
 # Exits non-zero on any failure; the last line is
 # "chart-checks: N passed, M failed".
@@ -26,4 +30,4 @@ if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.installed" ]; then
     touch "$venv/.installed"
 fi
 
-PYTHONDONTWRITEBYTECODE=1 exec "$venv/bin/python" "$here/tests/run_checks.py"
+PYTHONDONTWRITEBYTECODE=1 exec "$venv/bin/python" "$here/tests/run_checks.py" "$@"

@@ -732,7 +732,16 @@ def readme_documents_every_ci_case():
     return "README covers the options"
 
 
+def print_render(namespace: str) -> int:
+    """The chart rendered with default values into `namespace`, as YAML documents."""
+    objects, _, _ = render({}, namespace=namespace)
+    print(yaml.safe_dump_all([strip(o) for o in objects], sort_keys=True), end="")
+    return 0
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--render":
+        return print_render(sys.argv[2])
     all_checks = list(CHECKS)
     at = all_checks.index(release_name_and_namespace_flow_into_names)
     all_checks[at:at] = [make_render_check(c) for c in cases()]
