@@ -3,10 +3,12 @@
 No helm binary and no cluster: the chart is linted and rendered by Helm's own
 Go library through helm-python-sdk, and every rendered object is validated
 against the Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown
-fields fail). The three CRD-typed kinds the chart can emit (cert-manager
-Certificate and Issuer, Prometheus Operator ServiceMonitor) have no schema
-there; they are validated against the hand-written schemas in schemas/, and
-any other kind without a schema is an error.
+fields fail). The CRD-typed kinds the chart can emit have no schema there:
+cert-manager Certificate and Issuer and the Prometheus Operator
+ServiceMonitor are validated against the hand-written schemas in schemas/,
+the PrometheusRule against its upstream CRD's schema in crds/ (made strict),
+and any other kind without a schema is an error. The alerts also pass
+`promtool check rules` and the unit tests in alerts.test.yaml.
 
 Each check prints PASS or FAIL with what it found; the last line is
 "chart-checks: N passed, M failed".
@@ -44,6 +46,13 @@ CUSTOM_SCHEMAS = {
     ("cert-manager.io/v1", "Certificate"): "certificate-cert-manager-v1.json",
     ("cert-manager.io/v1", "Issuer"): "issuer-cert-manager-v1.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
+}
+
+# Kinds validated against the upstream CRD's own schema (unchanged copies in
+# crds/, from prometheus-operator v0.93.0), made strict: a field the CRD does
+# not define fails instead of being pruned by the API server.
+CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
 }
 
 PORTS = {"grpc": 50052, "poolerMetrics": 8082, "admin": 50053, "operatorMetrics": 8080}
@@ -128,10 +137,34 @@ def custom_validator(filename: str) -> jsonschema.Draft202012Validator:
 kv.schema_contents = functools.cache(kv.schema_contents)
 
 
+def _strict(node):
+    """The schema with unknown fields refused wherever it lists the fields."""
+    if isinstance(node, dict):
+        node = {k: _strict(v) for k, v in node.items()}
+        if "properties" in node and "additionalProperties" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+            node["additionalProperties"] = False
+        return node
+    if isinstance(node, list):
+        return [_strict(v) for v in node]
+    return node
+
+
+@functools.cache
+def crd_validator(filename: str) -> jsonschema.Draft202012Validator:
+    crd = yaml.safe_load((TESTS / "crds" / filename).read_text())
+    [version] = [v for v in crd["spec"]["versions"] if v.get("served")]
+    schema = _strict(version["schema"]["openAPIV3Schema"])
+    return jsonschema.Draft202012Validator(schema)
+
+
 def validate_object(obj: dict) -> list[str]:
     body = strip(obj)
     key = (body.get("apiVersion"), body.get("kind"))
     errors = []
+    if key in CRD_SCHEMAS:
+        for e in crd_validator(CRD_SCHEMAS[key]).iter_errors(body):
+            errors.append(f"{ident(obj)}: {'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}")
+        return errors
     if key in CUSTOM_SCHEMAS:
         for e in custom_validator(CUSTOM_SCHEMAS[key]).iter_errors(body):
             errors.append(f"{ident(obj)}: {'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}")
@@ -411,8 +444,9 @@ def make_render_check(case: str):
 @check
 def validation_catches_bad_objects():
     """The object validation itself refuses typos, wrong types and unknown kinds."""
-    objects, _, _ = render({"certManager": {"enabled": True}, "serviceMonitor": {"enabled": True}})
+    objects, _, _ = render({"certManager": {"enabled": True}, "serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}})
     deployment = one(objects, "Deployment", "teresa-pooler")
+    rule = one(objects, "PrometheusRule")
     certificate = one(objects, "Certificate", "teresa-operator")
     monitor = one(objects, "ServiceMonitor", "teresa-pooler")
 
@@ -427,6 +461,8 @@ def validation_catches_bad_objects():
         "Certificate typo": mutated(certificate, lambda c: c["spec"].update(dnsName=["x"])),
         "Certificate without identity": mutated(certificate, lambda c: c["spec"].pop("uris")),
         "ServiceMonitor bad scheme": mutated(monitor, lambda m: m["spec"]["endpoints"][0].update(scheme="HTTPS")),
+        "PrometheusRule typo": mutated(rule, lambda r: r["spec"]["groups"][0]["rules"][0].update(annotation={})),
+        "PrometheusRule without expr": mutated(rule, lambda r: r["spec"]["groups"][0]["rules"][0].pop("expr")),
         "kind without a schema": {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": NAMESPACE}},
     }
     accepted = [name for name, obj in bad.items() if not validate_object(obj)]
@@ -721,13 +757,109 @@ def dockerfile_builds_what_the_chart_runs():
     return f"{len(stages)} stages, final {final}, both binaries, user 65532"
 
 
+# ------------------------------------------------- dashboards and alerts
+
+ALERTS = (
+    "TeresaPoolSaturated",
+    "TeresaAcquireTimeouts",
+    "TeresaDatabaseDown",
+    "TeresaConfigRejected",
+    "TeresaLeasesExpiring",
+    "TeresaOperatorPushFailing",
+    "TeresaNoOperatorLeader",
+)
+MONITORING_ON = {"dashboards": {"enabled": True}, "prometheusRule": {"enabled": True, "labels": {"release": "prom"}}}
+
+
+def monitoring_objects(values: dict) -> tuple[dict, dict]:
+    objects, _, _ = render(values)
+    rule = one(objects, "PrometheusRule")
+    dashboard = one(objects, "ConfigMap", "teresa-dashboard")
+    return rule, json.loads(dashboard["data"]["teresa.json"])
+
+
+def exprs(rule: dict, dashboard: dict) -> list[str]:
+    found = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    def walk(panels):
+        for p in panels:
+            found.extend(t["expr"] for t in p.get("targets", []))
+            walk(p.get("panels", []))
+    walk(dashboard["panels"])
+    return found
+
+
+@check
+def monitoring_objects_follow_their_switches():
+    """The dashboard ConfigMap and the PrometheusRule exist only when enabled,
+    carry the sidecar and Prometheus selector labels, and every alert names
+    what it is about and says what to do."""
+    objects, _, _ = render({})
+    expect(not find(objects, "PrometheusRule"), "PrometheusRule rendered by default")
+    expect(not [o for o in find(objects, "ConfigMap") if "teresa.json" in o.get("data", {})], "dashboard rendered by default")
+    objects, _, _ = render(MONITORING_ON)
+    dashboard = one(objects, "ConfigMap", "teresa-dashboard")
+    expect(dashboard["metadata"]["labels"].get("grafana_dashboard") == "1", "dashboard lacks the Grafana sidecar label")
+    board = json.loads(dashboard["data"]["teresa.json"])
+    expect({v["name"] for v in board["templating"]["list"]} >= {"datasource", "namespace", "tenant"}, "dashboard variables")
+    rule = one(objects, "PrometheusRule")
+    expect(rule["metadata"]["labels"].get("release") == "prom", "PrometheusRule lacks prometheusRule.labels")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    expect(sorted(alerts) == sorted(ALERTS), f"alerts {sorted(alerts)} != {sorted(ALERTS)}")
+    for name, r in alerts.items():
+        expect(r["labels"].get("severity") in ("warning", "critical"), f"{name} has no severity")
+        text = r["annotations"]["summary"] + r["annotations"]["description"]
+        expect(any(w in text for w in ("$labels.tenant", "$labels.pod", "$labels.reason", NAMESPACE)), f"{name} does not say what it is about")
+        expect(NAMESPACE in r["expr"] and "namespace" in r["expr"], f"{name} is not limited to the release namespace")
+    return f"dashboard with {len(board['panels'])} panels, {len(alerts)} alerts"
+
+
+@check
+def monitoring_uses_only_metrics_that_exist():
+    """Every teresa_* series a dashboard panel or an alert reads is a metric
+    the pooler or the operator registers."""
+    rule, board = monitoring_objects(MONITORING_ON)
+    known = set()
+    for source in (REPO / "pooler" / "src" / "metrics.rs", REPO / "operator" / "src" / "metrics.rs"):
+        for name in re.findall(r'"(teresa_[a-z_]+)"', source.read_text()):
+            known |= {name, f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    used = {name for e in exprs(rule, board) for name in re.findall(r"\b(teresa_[a-z_]+)", e)}
+    unknown = sorted(used - known)
+    expect(not unknown, f"series that no program exports: {unknown}")
+    return f"{len(used)} series, all exported"
+
+
+@check
+def alerts_pass_promtool():
+    """promtool check rules accepts the rendered rules, and promtool test
+    rules passes a unit test of every alert (tests/alerts.test.yaml)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    promtool = shutil.which("promtool")
+    expect(promtool is not None, "promtool not found (apt-get install prometheus; .ci/run does)")
+    rule, _ = monitoring_objects(MONITORING_ON)
+    tests = yaml.safe_load((TESTS / "alerts.test.yaml").read_text())
+    tested = {a["alertname"] for t in tests["tests"] for a in t.get("alert_rule_test", [])}
+    expect(tested >= set(ALERTS), f"alerts without a promtool test: {sorted(set(ALERTS) - tested)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        rules = Path(tmp) / "rules.yaml"
+        rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+        shutil.copy(TESTS / "alerts.test.yaml", Path(tmp) / "alerts.test.yaml")
+        for args in (["check", "rules", "rules.yaml"], ["test", "rules", "alerts.test.yaml"]):
+            done = subprocess.run([promtool, *args], cwd=tmp, capture_output=True, text=True)
+            expect(done.returncode == 0, f"promtool {' '.join(args)}:\n{done.stdout}{done.stderr}")
+    cases = sum(len(t.get("alert_rule_test", [])) for t in tests["tests"])
+    return f"{len(ALERTS)} alerts, {cases} promtool cases pass"
+
+
 @check
 def readme_documents_every_ci_case():
     """The chart README mentions every documented values case and key option."""
     readme = (CHART / "README.md").read_text()
     missing = [c for c in cases()[1:] if f"ci/{c}-values.yaml" not in readme]
     expect(not missing, f"charts/teresa/README.md does not mention: {missing}")
-    for word in ("certManager.enabled", "existingSecret", "serviceMonitor.enabled", "networkPolicy.enabled", "examples/sidecar.yaml", "pooler.metrics.plaintext", "operatorIdentity"):
+    for word in ("certManager.enabled", "existingSecret", "serviceMonitor.enabled", "dashboards.enabled", "prometheusRule.enabled", "networkPolicy.enabled", "examples/sidecar.yaml", "pooler.metrics.plaintext", "operatorIdentity"):
         expect(word in readme, f"README lacks {word}")
     return "README covers the options"
 
