@@ -54,8 +54,9 @@ CONTRACT: list[Grant] = [
     *_grants("", "pods", ["list", "watch"], RELEASE_NS),
     # kube's Recorder writes events.k8s.io/v1 Events.
     *_grants("events.k8s.io", "events", ["create", "patch"], CLUSTER),
-    # kube-lease-manager.
-    *_grants("coordination.k8s.io", "leases", ["get", "create", "patch"], RELEASE_NS),
+    # Leader election (operator/src/leader.rs): read, create, and renew or
+    # release with update on resourceVersion (never patch).
+    *_grants("coordination.k8s.io", "leases", ["get", "create", "update"], RELEASE_NS),
 ]
 
 # Rust type (last path segment, or a distinguishing path suffix) -> (group, plural).
