@@ -9,6 +9,10 @@
 
 FROM rust:1-bookworm AS builder
 WORKDIR /src
+# libclang for bindgen: pg_query (PostgreSQL's parser, classifying one-shot
+# statements) generates its C bindings at build time.
+RUN apt-get update && apt-get install -y --no-install-recommends libclang-dev \
+    && rm -rf /var/lib/apt/lists/*
 # The whole workspace (see .dockerignore): protox compiles the .proto files in
 # pure Rust, so no protoc is needed. --locked builds exactly Cargo.lock.
 COPY . .

@@ -115,9 +115,7 @@ pub async fn revoke_disallowed(leases: &LeaseTable, pool: &Arc<TenantPool>) {
         leases = dropped.len(),
         "allowedClients changed; revoking the leases of identities it no longer admits"
     );
-    for lease in dropped {
-        leases.end(&lease, Outcome::Disallowed).await;
-    }
+    leases.end_all(dropped, Outcome::Disallowed).await;
 }
 
 /// Checks a lease just granted against the tenant's settings now: an apply

@@ -18,9 +18,10 @@ use tokio::sync::{OwnedMutexGuard, mpsc};
 use tonic::Status;
 use tracing::debug;
 
+use crate::classify::{self, Verdict};
 use crate::lease::{Lease, LeaseTable, Outcome, SessionMarks};
 use crate::pool::TenantPool;
-use crate::session;
+use crate::session::Checkout;
 use crate::values::{Cell, Param};
 
 /// Rows per batch when the client asks for none.
@@ -48,12 +49,12 @@ pub enum Target {
     Lease {
         lease: Arc<Lease>,
         leases: Arc<LeaseTable>,
-        conn: OwnedMutexGuard<Option<Object>>,
+        conn: OwnedMutexGuard<Option<Checkout>>,
     },
     /// A connection borrowed for this one statement.
     OneShot {
         tenant: Arc<TenantPool>,
-        conn: Box<Object>,
+        conn: Box<Checkout>,
     },
 }
 
@@ -100,7 +101,7 @@ pub async fn spawn(target: Target, statement: Statement) -> ResultStream {
 type Tx = mpsc::Sender<Result<ExecuteResponse, Status>>;
 
 async fn run(target: Target, statement: Statement, tx: Tx) {
-    let keyword = session::leading_keyword(&statement.sql);
+    let classified = classify::classified(&statement.sql);
     let started = Instant::now();
     let conn = target.conn();
     let tenant = target.tenant();
@@ -109,7 +110,7 @@ async fn run(target: Target, statement: Statement, tx: Tx) {
     // its first row. tonic times a call only until its response starts, so
     // the deadline of a streaming call is enforced here.
     let outcome = tokio::select! {
-        outcome = stream_statement(conn, tenant, &statement, &keyword, &tx) => outcome,
+        outcome = stream_statement(conn, tenant, &statement, &classified.tag, &tx) => outcome,
         _ = tx.closed() => {
             debug!(tenant = %tenant.id(), "client went away; cancelling its statement");
             tenant.upstream().cancel(&conn.cancel_token()).await;
@@ -130,18 +131,13 @@ async fn run(target: Target, statement: Statement, tx: Tx) {
         .tenant()
         .metrics()
         .query(ok, started.elapsed().as_secs_f64());
-    let marks = session::marks_for(&keyword);
-    if marks & SessionMarks::PREPARED != 0 {
-        // DEALLOCATE or DISCARD may have dropped the pooler's own statements.
-        target.conn().statement_cache.clear();
-    }
     match target {
         Target::Lease {
             lease,
             leases,
             conn,
         } => {
-            lease.session.mark(SessionMarks::USED | marks);
+            lease.session.mark(SessionMarks::USED);
             let broken = outcome == Finished::Lost || conn.as_ref().is_some_and(|c| c.is_closed());
             drop(conn);
             if broken {
@@ -152,16 +148,13 @@ async fn run(target: Target, statement: Statement, tx: Tx) {
         Target::OneShot { tenant, conn } => {
             if outcome == Finished::Lost {
                 // The server ended the session; its socket may not be closed yet.
-                drop(Object::take(*conn));
+                conn.discard();
                 return;
             }
-            let marks = if session::one_shot_needs_reset(&keyword) || outcome == Finished::Cancelled
-            {
-                SessionMarks::USED | marks
-            } else {
-                0
-            };
-            session::return_to_pool(&tenant, *conn, marks).await;
+            // A statement cut short may have left its protocol exchange half
+            // done; anything the parser cannot vouch for may have left state.
+            let reset = classified.verdict == Verdict::Stateful || outcome != Finished::Complete;
+            conn.give_back(&tenant, reset).await;
         }
     }
 }
@@ -188,39 +181,38 @@ async fn stream_statement(
     client: &Object,
     tenant: &TenantPool,
     statement: &Statement,
-    keyword: &str,
+    tag: &str,
     tx: &Tx,
 ) -> Finished {
     if client.statement_cache.size() >= MAX_CACHED_STATEMENTS {
         client.statement_cache.clear();
     }
-    let prepared = match client.prepare_cached(&statement.sql).await {
-        Ok(prepared) => prepared,
-        Err(e) => return send_error(tx, e).await,
-    };
-    let types = prepared.params();
-    if types.len() != statement.params.len() {
-        let _ = tx
-            .send(Err(Status::invalid_argument(format!(
-                "the statement takes {} parameter(s), {} given",
-                types.len(),
-                statement.params.len()
-            ))))
-            .await;
-        return Finished::Failed;
-    }
-    let params = match statement
-        .params
-        .iter()
-        .zip(types)
-        .enumerate()
-        .map(|(i, (value, ty))| Param::bind(value, ty, i + 1))
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(params) => params,
-        Err(e) => {
-            let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
-            return Finished::Failed;
+    // A stale cached statement is prepared again and the call retried once.
+    // The first error aborted an open transaction, if there was one; then
+    // the retry's "transaction is aborted" would only hide the cause.
+    let mut stale: Option<tokio_postgres::Error> = None;
+    let (prepared, rows) = loop {
+        let error = match client.prepare_cached(&statement.sql).await {
+            Ok(prepared) => match start(client, &prepared, statement, tx).await {
+                Started::Rows(rows) => break (prepared, rows),
+                Started::Failed(finished) => return finished,
+                Started::Error(e) => e,
+            },
+            Err(e) => e,
+        };
+        match stale {
+            None if stale_cache(&error) => {
+                debug!(error = %error, "cached statement is stale; preparing it again");
+                client.statement_cache.remove(&statement.sql, &[]);
+                stale = Some(error);
+            }
+            Some(first)
+                if error.code()
+                    == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION) =>
+            {
+                return send_error(tx, first).await;
+            }
+            _ => return send_error(tx, error).await,
         }
     };
     let columns = prepared
@@ -232,13 +224,6 @@ async fn stream_statement(
             type_oid: c.type_().oid(),
         })
         .collect();
-    let rows = client
-        .query_raw(&prepared, params.iter().map(|p| p as &dyn ToSql))
-        .await;
-    let rows = match rows {
-        Ok(rows) => rows,
-        Err(e) => return send_error(tx, e).await,
-    };
     if !send(tx, Kind::Columns(ColumnDescriptions { columns })).await {
         tenant.upstream().cancel(&client.cancel_token()).await;
         return Finished::Cancelled;
@@ -292,11 +277,77 @@ async fn stream_statement(
         return Finished::Cancelled;
     }
     let complete = CommandComplete {
-        command_tag: command_tag(keyword, &statement.sql),
+        command_tag: tag.to_owned(),
         rows_affected: rows.rows_affected().unwrap_or(0),
     };
     send(tx, Kind::Complete(complete)).await;
     Finished::Complete
+}
+
+/// How starting a statement went.
+enum Started {
+    Rows(tokio_postgres::RowStream),
+    /// Refused before reaching the server; the client was told.
+    Failed(Finished),
+    /// The server refused it (Bind): nothing ran yet.
+    Error(tokio_postgres::Error),
+}
+
+/// Binds the parameters and starts the statement.
+async fn start(
+    client: &Object,
+    prepared: &tokio_postgres::Statement,
+    statement: &Statement,
+    tx: &Tx,
+) -> Started {
+    let types = prepared.params();
+    if types.len() != statement.params.len() {
+        let _ = tx
+            .send(Err(Status::invalid_argument(format!(
+                "the statement takes {} parameter(s), {} given",
+                types.len(),
+                statement.params.len()
+            ))))
+            .await;
+        return Started::Failed(Finished::Failed);
+    }
+    let params = match statement
+        .params
+        .iter()
+        .zip(types)
+        .enumerate()
+        .map(|(i, (value, ty))| Param::bind(value, ty, i + 1))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(params) => params,
+        Err(e) => {
+            let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+            return Started::Failed(Finished::Failed);
+        }
+    };
+    let rows = client
+        .query_raw(prepared, params.iter().map(|p| p as &dyn ToSql))
+        .await;
+    match rows {
+        Ok(rows) => Started::Rows(rows),
+        Err(e) => Started::Error(e),
+    }
+}
+
+/// True for the errors a stale statement cache causes, which a fresh
+/// prepare cures: the server no longer knows the statement (a client's
+/// `DEALLOCATE ALL` or `DISCARD ALL`, in any form), the name is taken by a
+/// client's own `PREPARE`, or a schema change altered its result type.
+fn stale_cache(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME
+            || *db.code() == SqlState::DUPLICATE_PSTATEMENT
+            || (*db.code() == SqlState::FEATURE_NOT_SUPPORTED
+                && db
+                    .message()
+                    .contains("cached plan must not change result type"))
+    })
 }
 
 fn value_size(value: &teresa_proto::connectionpool::Value) -> usize {
@@ -305,19 +356,6 @@ fn value_size(value: &teresa_proto::connectionpool::Value) -> usize {
         Some(V::Bytes(b)) => b.len(),
         _ => 0,
     }
-}
-
-/// The command tag's verb; for `WITH` the data-modifying verb it wraps, if any.
-fn command_tag(keyword: &str, sql: &str) -> String {
-    if keyword != "WITH" {
-        return keyword.to_owned();
-    }
-    let upper = sql.to_ascii_uppercase();
-    let last = ["INSERT", "UPDATE", "DELETE", "MERGE", "SELECT"]
-        .into_iter()
-        .filter_map(|verb| upper.rfind(verb).map(|at| (at, verb)))
-        .max();
-    last.map_or("SELECT", |(_, verb)| verb).to_owned()
 }
 
 async fn send(tx: &Tx, kind: Kind) -> bool {

@@ -1,19 +1,22 @@
 //! Leases: a real server connection handed to one client identity until it
 //! releases it or its TTL passes. The [`LeaseTable`] is where a lease is
 //! created, found, renewed and ended; ending one always resets the session
-//! (see [`crate::session`]) before the connection goes back to its pool.
+//! (see [`crate::session`]) before the connection goes back to its pool, or
+//! discards the connection. The end runs in a task of its own, so a caller
+//! that goes away half-way (a `ReleaseConnection` past its deadline) cannot
+//! cut it short; a lease dropped while it still holds its connection
+//! discards that connection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use deadpool_postgres::Object;
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::debug;
 
 use crate::pool::TenantPool;
-use crate::session;
+use crate::session::Checkout;
 
 /// How often the reaper looks for expired leases.
 const REAP_INTERVAL: Duration = Duration::from_millis(200);
@@ -119,7 +122,7 @@ pub struct Lease {
     expires_ms: AtomicU64,
     /// What the lessee did to the session, for the reset on return.
     pub session: SessionMarks,
-    conn: Arc<AsyncMutex<Option<Object>>>,
+    conn: Arc<AsyncMutex<Option<Checkout>>>,
     cancel: tokio_postgres::CancelToken,
 }
 
@@ -129,7 +132,6 @@ pub struct SessionMarks(AtomicU8);
 
 impl SessionMarks {
     pub const USED: u8 = 1;
-    pub const PREPARED: u8 = 2;
 
     pub fn mark(&self, flags: u8) {
         self.0.fetch_or(flags, Ordering::Relaxed);
@@ -143,7 +145,7 @@ impl SessionMarks {
 impl Lease {
     /// The lease's connection, locked for one statement. `None` inside means
     /// the lease is ending.
-    pub async fn lock_conn(&self) -> tokio::sync::OwnedMutexGuard<Option<Object>> {
+    pub async fn lock_conn(&self) -> tokio::sync::OwnedMutexGuard<Option<Checkout>> {
         self.conn.clone().lock_owned().await
     }
 
@@ -165,6 +167,27 @@ impl Lease {
         self.expires_ms
             .store(clock.now_ms() + ttl.as_millis() as u64, Ordering::Relaxed);
     }
+}
+
+/// The end of a lease, after it left the table: cancels the statement still
+/// running on it unless the client released it (a release waits for it),
+/// then resets and returns the connection, or discards it. Aborted half-way
+/// (the runtime shutting down), the [`Checkout`] discards the connection.
+async fn finish(lease: Arc<Lease>, outcome: Outcome) {
+    if outcome != Outcome::Released && lease.conn.try_lock().is_err() {
+        // A statement is running on a lease the client no longer owns.
+        lease.tenant.upstream().cancel(&lease.cancel).await;
+    }
+    let conn = lease.conn.lock().await.take();
+    if let Some(conn) = conn {
+        let used = lease.session.get() & SessionMarks::USED != 0;
+        conn.give_back(&lease.tenant, used).await;
+    }
+    if outcome == Outcome::Expired {
+        lease.tenant.count_expired();
+    }
+    lease.tenant.metrics().lease_ended(outcome.metric_label());
+    debug!(tenant = %lease.tenant.id(), lease = %lease.id, outcome = outcome.metric_label(), "lease ended");
 }
 
 /// Monotonic milliseconds since the table was made, and their wall-clock form.
@@ -249,9 +272,9 @@ impl LeaseTable {
         &self,
         tenant: Arc<TenantPool>,
         owner: &str,
-        conn: Object,
+        conn: Checkout,
         ttl: Duration,
-    ) -> Result<Arc<Lease>, Box<(LeaseError, Object)>> {
+    ) -> Result<Arc<Lease>, Box<(LeaseError, Checkout)>> {
         let max_per_client = tenant.spec().leases.max_per_client;
         let cancel = conn.cancel_token();
         let lease = Arc::new(Lease {
@@ -347,8 +370,21 @@ impl LeaseTable {
 
     /// Takes the lease out of the table (once; later calls do nothing), waits
     /// for or cancels its running statement, resets the session and returns
-    /// the connection to its pool.
+    /// the connection to its pool. Waits for that to finish, but the work runs
+    /// in a task of its own: dropping this future does not stop it.
     pub async fn end(&self, lease: &Arc<Lease>, outcome: Outcome) {
+        if let Some(task) = self.begin_end(lease, outcome) {
+            let _ = task.await;
+        }
+    }
+
+    /// Takes the lease out of the table and starts the task that ends it;
+    /// `None` when it had already ended.
+    pub fn begin_end(
+        &self,
+        lease: &Arc<Lease>,
+        outcome: Outcome,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         let removed = self
             .live
             .lock()
@@ -356,23 +392,11 @@ impl LeaseTable {
             .remove(&lease.id)
             .is_some();
         if !removed {
-            return;
+            return None;
         }
         lease.tenant.count_lease(false);
         self.remember(lease.id, outcome);
-        if outcome != Outcome::Released && lease.conn.try_lock().is_err() {
-            // A statement is running on a lease the client no longer owns.
-            lease.tenant.upstream().cancel(&lease.cancel).await;
-        }
-        let conn = lease.conn.lock().await.take();
-        if let Some(conn) = conn {
-            session::return_to_pool(&lease.tenant, conn, lease.session.get()).await;
-        }
-        if outcome == Outcome::Expired {
-            lease.tenant.count_expired();
-        }
-        lease.tenant.metrics().lease_ended(outcome.metric_label());
-        debug!(tenant = %lease.tenant.id(), lease = %lease.id, outcome = outcome.metric_label(), "lease ended");
+        Some(tokio::spawn(finish(lease.clone(), outcome)))
     }
 
     fn remember(&self, id: LeaseId, outcome: Outcome) {
@@ -407,8 +431,18 @@ impl LeaseTable {
         let now = self.clock.now_ms();
         let expired = self.select(|l| l.expires_ms.load(Ordering::Relaxed) <= now);
         for lease in expired {
-            let table = self.clone();
-            tokio::spawn(async move { table.end(&lease, Outcome::Expired).await });
+            self.begin_end(&lease, Outcome::Expired);
+        }
+    }
+
+    /// Ends every lease in `leases` at once, and waits until all have ended.
+    pub async fn end_all(&self, leases: Vec<Arc<Lease>>, outcome: Outcome) {
+        let tasks: Vec<_> = leases
+            .iter()
+            .filter_map(|lease| self.begin_end(lease, outcome))
+            .collect();
+        for task in tasks {
+            let _ = task.await;
         }
     }
 

@@ -5,7 +5,8 @@
 //!
 //! Where things live: [`config`] (the tenant schema and its validation),
 //! [`pool`] (a tenant's pool), [`tenants`] (all pools; applying a config),
-//! [`lease`] (the lease table), [`session`] (resetting a connection),
+//! [`lease`] (the lease table), [`session`] (a checked-out connection and
+//! its reset), [`classify`] (what a one-shot statement may leave behind),
 //! [`execute`] and [`values`] (running SQL and streaming results),
 //! [`service`] (the lease API), [`access`] (who may use which tenant),
 //! [`admin`] (the admin API), [`tls`] (listeners and client identities),
@@ -17,6 +18,7 @@
 pub mod access;
 pub mod admin;
 pub mod certs;
+pub mod classify;
 pub mod config;
 pub mod devdb;
 pub mod error;

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Secret, TargetSpec, TenantSpec};
 use crate::metrics::TenantMetrics;
+use crate::session::Checkout;
 use crate::upstream_tls;
 
 /// How often the maintenance task looks at the pool.
@@ -319,8 +320,9 @@ impl TenantPool {
     }
 
     /// Takes one connection, waiting at most `budget` (the acquire timeout or
-    /// what is left of the caller's deadline, whichever is shorter).
-    pub async fn acquire(&self, budget: Duration) -> Result<Object, AcquireError> {
+    /// what is left of the caller's deadline, whichever is shorter). The
+    /// connection is discarded unless it is given back explicitly.
+    pub async fn acquire(&self, budget: Duration) -> Result<Checkout, AcquireError> {
         let started = Instant::now();
         let result = self.acquire_inner(budget).await;
         match &result {
@@ -337,7 +339,7 @@ impl TenantPool {
                 self.metrics.acquire_failure(e.metric_label());
             }
         }
-        result
+        result.map(Checkout::new)
     }
 
     async fn acquire_inner(&self, budget: Duration) -> Result<Object, AcquireError> {

@@ -193,7 +193,7 @@ impl ConnectionPoolService for LeaseService {
             Ok(lease) => lease,
             Err(refused) => {
                 let (e, conn) = *refused;
-                crate::session::return_to_pool(&tenant, conn, 0).await;
+                conn.give_back(&tenant, false).await;
                 return Err(ApiError::from(e).into());
             }
         };

@@ -1,97 +1,81 @@
-//! What a statement does to a server session, and how a session is reset
-//! before its connection serves someone else: the next lessee never sees an
-//! open transaction, settings, temporary tables, cursors, LISTENs, advisory
-//! locks or SQL-level prepared statements of the previous one.
+//! How a server connection leaves a call: the [`Checkout`] guard owns it
+//! from the moment it leaves the pool, and only an explicit
+//! [`Checkout::give_back`] returns it, after a reset when it was used. Every
+//! other way out (a dropped future, an aborted task, a panic, a failed reset)
+//! discards the connection: closing it ends the server session, which rolls
+//! back and forgets everything. The next user never sees an open
+//! transaction, settings, temporary tables, cursors, LISTENs, advisory locks,
+//! sequence state or SQL-level prepared statements of the previous one.
+
+use std::ops::Deref;
 
 use deadpool_postgres::Object;
 use tracing::warn;
 
-use crate::lease::SessionMarks;
 use crate::pool::TenantPool;
 
-/// `DISCARD ALL` without `DEALLOCATE ALL`, so the pooler's own cached
-/// prepared statements survive; `ROLLBACK` first ends any transaction
-/// (a warning only when none is open). `DISCARD ALL` itself cannot run in
-/// the implicit transaction of a multi-statement query.
-const RESET: &str = "ROLLBACK; RESET ALL; SET SESSION AUTHORIZATION DEFAULT; CLOSE ALL; \
-    UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+/// Undoes everything a session can keep, in one round trip, keeping the
+/// pooler's own protocol-level prepared statements (`DISCARD ALL` would drop
+/// them, and cannot run in this implicit transaction anyway). `ROLLBACK`
+/// first ends any transaction (only a warning when none is open); `RESET ALL`
+/// goes back to the session defaults, which include the tenant's settings
+/// sent as startup options (`statementTimeout`); the `DO` block deallocates
+/// the statements a client prepared with SQL `PREPARE` (`from_sql`), never
+/// the pooler's.
+pub const RESET: &str = "ROLLBACK; RESET ALL; SET SESSION AUTHORIZATION DEFAULT; CLOSE ALL; \
+    UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
+    DO $teresa$DECLARE s text; BEGIN FOR s IN SELECT name FROM pg_prepared_statements \
+    WHERE from_sql LOOP EXECUTE format('DEALLOCATE %I', s); END LOOP; END$teresa$";
 
-/// The statement's leading keyword, upper-cased ("SELECT", "BEGIN", ...),
-/// skipping white space, comments and parentheses.
-pub fn leading_keyword(sql: &str) -> String {
-    let mut rest = sql;
-    loop {
-        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
-        if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, r)| r);
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, r)| r);
-        } else {
-            break;
-        }
+/// A server connection taken from a tenant's pool. Dropped without
+/// [`Self::give_back`], it is discarded (closed), never returned as it is.
+pub struct Checkout(Option<Object>);
+
+impl Checkout {
+    pub fn new(conn: Object) -> Self {
+        Checkout(Some(conn))
     }
-    rest.chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect::<String>()
-        .to_ascii_uppercase()
-}
 
-/// Marks that a statement with this keyword leaves on the session, beyond
-/// [`SessionMarks::USED`]. Plain reads and writes leave nothing.
-pub fn marks_for(keyword: &str) -> u8 {
-    match keyword {
-        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "WITH" | "VALUES" | "TABLE" | "MERGE"
-        | "EXPLAIN" => 0,
-        "PREPARE" | "DEALLOCATE" | "DISCARD" => SessionMarks::USED | SessionMarks::PREPARED,
-        _ => SessionMarks::USED,
+    /// Closes the connection and frees its place in the pool.
+    pub fn discard(self) {
+        drop(self);
     }
-}
 
-/// True when a one-shot statement left session state that must be reset.
-pub fn one_shot_needs_reset(keyword: &str) -> bool {
-    marks_for(keyword) != 0
-}
-
-/// Resets the session if it was used and hands the connection back to its
-/// pool, or discards it when it is broken, stale or cannot be reset.
-pub async fn return_to_pool(tenant: &TenantPool, conn: Object, marks: u8) {
-    if marks & SessionMarks::USED != 0 && !conn.is_closed() {
-        let mut reset = RESET.to_owned();
-        if marks & SessionMarks::PREPARED != 0 {
-            reset.push_str("; DEALLOCATE ALL");
-        }
-        if let Err(e) = conn.simple_query(&reset).await {
-            warn!(tenant = %tenant.id(), error = %e, "session reset failed; discarding the connection");
-            drop(Object::take(conn));
+    /// Resets the session if `reset`, then hands the connection back to its
+    /// pool; discards it instead when it is closed, was opened with settings
+    /// that have changed since, or the reset fails. Cancelled half-way (the
+    /// future dropped), it discards.
+    pub async fn give_back(mut self, tenant: &TenantPool, reset: bool) {
+        let Some(conn) = self.0.as_ref() else {
+            return;
+        };
+        if conn.is_closed() || tenant.is_stale(conn) {
             return;
         }
-        if marks & SessionMarks::PREPARED != 0 {
-            conn.statement_cache.clear();
+        if reset && let Err(e) = conn.simple_query(RESET).await {
+            warn!(tenant = %tenant.id(), error = %e, "session reset failed; discarding the connection");
+            return;
         }
-    }
-    if tenant.is_stale(&conn) {
-        drop(Object::take(conn));
+        // Back to deadpool, as it is now: clean.
+        drop(self.0.take());
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Deref for Checkout {
+    type Target = Object;
 
-    #[test]
-    fn leading_keyword_skips_comments_and_space() {
-        assert_eq!(leading_keyword("  select 1"), "SELECT");
-        assert_eq!(leading_keyword("-- note\n/* x */ Begin"), "BEGIN");
-        assert_eq!(leading_keyword("(SELECT 1) UNION (SELECT 2)"), "SELECT");
-        assert_eq!(leading_keyword(""), "");
+    fn deref(&self) -> &Object {
+        self.0
+            .as_ref()
+            .expect("a checkout holds its connection until dropped")
     }
+}
 
-    #[test]
-    fn session_changing_statements_are_marked() {
-        assert_eq!(marks_for("SELECT"), 0);
-        assert!(one_shot_needs_reset("SET"));
-        assert!(one_shot_needs_reset("BEGIN"));
-        assert!(one_shot_needs_reset("CREATE"));
-        assert_ne!(marks_for("PREPARE") & SessionMarks::PREPARED, 0);
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            // Detached from the pool: the client closes when this is dropped.
+            drop(Object::take(conn));
+        }
     }
 }

@@ -244,9 +244,7 @@ impl Tenants {
             if !left.is_empty() {
                 warn!(tenant = %pool.id(), leases = left.len(), "drain deadline passed; revoking leases of the removed tenant");
             }
-            for lease in left {
-                leases.end(&lease, Outcome::Revoked).await;
-            }
+            leases.end_all(left, Outcome::Revoked).await;
             draining
                 .lock()
                 .expect("poisoned")
@@ -268,9 +266,8 @@ impl Tenants {
 
     /// Revokes every lease of every tenant (end of a drain).
     pub async fn revoke_all(&self) {
-        for lease in self.leases.select(|_| true) {
-            self.leases.end(&lease, Outcome::Revoked).await;
-        }
+        let all = self.leases.select(|_| true);
+        self.leases.end_all(all, Outcome::Revoked).await;
     }
 }
 
