@@ -92,8 +92,8 @@ pub struct RunArgs {
     )]
     pub snapshot_secret: String,
 
-    /// Directory where pooler pods mount the snapshot Secret (CA bundles of
-    /// TenantPools' caSecret are referenced as files there).
+    /// Directory where pooler pods mount the snapshot Secret. Kept for
+    /// compatibility: CA bundles now travel inside the configuration.
     #[arg(
         long,
         env = "TERESA_SNAPSHOT_MOUNT_PATH",
@@ -129,12 +129,53 @@ pub struct RunArgs {
     #[arg(long, env = "TERESA_DELETION_TIMEOUT_SECONDS", default_value_t = 120)]
     pub deletion_timeout_seconds: u64,
 
+    /// SPIFFE trust domain of the clients' certificates (such as
+    /// "cluster.local"); set it when the poolers require client certificates
+    /// (--client-ca). With --default-access namespace, a TenantPool without
+    /// access.allowedClients then admits only
+    /// spiffe://<trust-domain>/ns/<its namespace>/*.
+    #[arg(long, env = "TERESA_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+
+    /// Who a TenantPool without access.allowedClients admits: "namespace"
+    /// (its own namespace's workload identities, once --trust-domain is set)
+    /// or "any" (every client the pooler accepts).
+    #[arg(
+        long,
+        env = "TERESA_DEFAULT_ACCESS",
+        value_enum,
+        default_value = "namespace"
+    )]
+    pub default_access: DefaultAccessArg,
+
     /// Log format.
     #[arg(long, env = "TERESA_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
 }
 
+/// Values of --default-access.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultAccessArg {
+    /// The TenantPool's own namespace (needs --trust-domain).
+    Namespace,
+    /// Any client the pooler accepts.
+    Any,
+}
+
 impl RunArgs {
+    /// The default access rule after flags: the namespace rule needs a trust
+    /// domain; without one it is "any".
+    pub fn default_access(&self) -> crate::desired::DefaultAccess {
+        match (self.default_access, self.trust_domain.as_deref()) {
+            (DefaultAccessArg::Namespace, Some(domain)) if !domain.is_empty() => {
+                crate::desired::DefaultAccess::Namespace {
+                    trust_domain: domain.to_string(),
+                }
+            }
+            _ => crate::desired::DefaultAccess::Any,
+        }
+    }
+
     /// The pooler namespace after defaults: flag, POD_NAMESPACE, "default".
     pub fn pooler_namespace(&self) -> String {
         self.pooler_namespace

@@ -120,6 +120,29 @@ pub struct Settings {
     pub snapshot_mount_path: String,
     /// Bounded wait for removal confirmations when a TenantPool is deleted.
     pub deletion_timeout: Duration,
+    /// Who a TenantPool without `access.allowedClients` admits.
+    pub default_access: desired::DefaultAccess,
+}
+
+/// The fleet's snapshot generation: raised whenever any snapshot's content
+/// changes, never below the wall clock in milliseconds, so that it keeps
+/// rising across operator restarts and failovers.
+#[derive(Debug, Default)]
+pub struct FleetGeneration(std::sync::Mutex<(String, u64)>);
+
+impl FleetGeneration {
+    /// The generation of a plan whose content has `fingerprint`.
+    pub fn of(&self, fingerprint: &str) -> u64 {
+        let mut state = self.0.lock().expect("poisoned");
+        if state.0 != fingerprint || state.1 == 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default();
+            *state = (fingerprint.to_string(), now.max(state.1 + 1));
+        }
+        state.1
+    }
 }
 
 /// What every reconciliation shares.
@@ -142,6 +165,8 @@ pub struct Context {
     pub reporter: Reporter,
     /// Operator metrics.
     pub metrics: Metrics,
+    /// The generation stamped on every snapshot.
+    pub generation: FleetGeneration,
 }
 
 struct StoreSecrets<'a>(&'a Store<Secret>);
@@ -169,12 +194,14 @@ impl Context {
             .collect();
         tenant_pools.extend(fresh.map(|t| Arc::new(t.clone())));
         let pods = self.pods.state();
-        desired::plan(&FleetInputs {
+        let mut plan = desired::plan(&FleetInputs {
             tenant_pools: &tenant_pools,
             secrets: &StoreSecrets(&self.secrets),
             pods: &pods,
-            config_dir: &self.settings.snapshot_mount_path,
-        })
+            default_access: &self.settings.default_access,
+        });
+        plan.set_generation(self.generation.of(&plan.content_fingerprint()));
+        plan
     }
 
     async fn caches_ready(&self) -> Result<(), Error> {
@@ -193,14 +220,25 @@ impl Context {
         let mut data = BTreeMap::new();
         let yaml = plan.stored.to_yaml().map_err(Error::Serialize)?;
         data.insert(SNAPSHOT_KEY.to_string(), ByteString(yaml.into_bytes()));
-        for (key, pem) in &plan.ca_files {
-            data.insert(key.clone(), ByteString(pem.clone().into_bytes()));
-        }
         let name = &self.settings.snapshot_secret;
         let namespace = &self.settings.pooler_namespace;
         let current = self.secrets.get(&ObjectRef::new(name).within(namespace));
         if current.as_ref().and_then(|s| s.data.as_ref()) == Some(&data) {
             return Ok(());
+        }
+        // The same content under an older generation needs no write: the
+        // generation orders changes, it is no change itself.
+        let held = current
+            .as_ref()
+            .and_then(|s| s.data.as_ref())
+            .filter(|d| d.len() == 1)
+            .and_then(|d| d.get(SNAPSHOT_KEY))
+            .and_then(|y| serde_yaml::from_slice::<teresa_proto::admin::PoolerConfig>(&y.0).ok());
+        if let Some(mut held) = held {
+            held.generation = plan.stored.generation();
+            if &held == plan.stored.config() {
+                return Ok(());
+            }
         }
         let secret = Secret {
             metadata: ObjectMeta {
@@ -629,6 +667,7 @@ pub async fn run(
             instance: config.instance,
         },
         metrics: metrics.clone(),
+        generation: FleetGeneration::default(),
     });
     // Owned here: dropping `run` aborts them.
     let mut helpers = JoinSet::new();

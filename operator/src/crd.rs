@@ -15,8 +15,19 @@ use serde::{Deserialize, Serialize};
 /// removes the tenant from the pooler pods.
 pub const FINALIZER: &str = "teresa.dev/tenant-removal";
 
-/// Duration strings accepted by the CRD and the pooler: a whole number and a unit.
-pub const DURATION_PATTERN: &str = "^[0-9]+(ms|s|m|h)$";
+/// Duration strings accepted by the CRD and the pooler: "0", or whole numbers
+/// each with a unit ("500ms", "30s", "1h30m"). The pooler's own grammar.
+pub const DURATION_PATTERN: &str = teresa_proto::config::DURATION_PATTERN;
+
+/// Tenant ids, as the pooler accepts them.
+pub const TENANT_ID_PATTERN: &str = teresa_proto::config::TENANT_ID_PATTERN;
+
+/// `allowedClients` items: the pooler's pattern grammar as far as a regular
+/// expression can say it.
+pub const ALLOWED_CLIENT_PATTERN: &str = teresa_proto::identity::PATTERN_REGEX;
+
+/// CEL: a duration the pooler requires to be greater than zero.
+const POSITIVE_DURATION: &str = "duration(self) > duration('0s')";
 
 /// Desired state of one tenant: which PostgreSQL database it reaches, the pool that
 /// the pooler keeps for it, its lease policy and which clients may use it.
@@ -38,6 +49,9 @@ pub const DURATION_PATTERN: &str = "^[0-9]+(ms|s|m|h)$";
     validation = Rule::new(
         "(has(self.spec.tenantId) ? self.spec.tenantId : self.metadata.name) == (has(oldSelf.spec.tenantId) ? oldSelf.spec.tenantId : oldSelf.metadata.name)"
     ).message("tenantId is immutable: it defaults to metadata.name and cannot be set, changed or removed after creation; create a new TenantPool instead"),
+    validation = Rule::new(
+        "has(self.spec.tenantId) || size(self.metadata.name) <= 128"
+    ).message("a TenantPool whose name is longer than 128 characters must set spec.tenantId (tenant ids are at most 128 characters)"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TenantPoolSpec {
@@ -47,7 +61,7 @@ pub struct TenantPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 128),
-        regex(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")
+        regex(pattern = TENANT_ID_PATTERN)
     )]
     #[x_kube(validation = Rule::new("self == oldSelf").message("tenantId is immutable"))]
     pub tenant_id: Option<String>,
@@ -106,9 +120,8 @@ pub struct DatabaseSpec {
 
     /// Secret in this TenantPool's namespace holding the PEM CA bundle used to verify
     /// the server for sslMode verify-ca and verify-full. Default: the system roots.
-    /// Applies live (new server connections); the pooler pods read it from the
-    /// mounted configuration Secret, which the kubelet refreshes within about a
-    /// minute.
+    /// Applies live: the bundle travels in the pushed configuration, and a changed
+    /// bundle applies to new server connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret: Option<CaSecretRef>,
 }
@@ -198,18 +211,21 @@ pub struct PoolSpec {
     /// "30m". Default: "30m". Applies live.
     #[serde(default = "default_max_lifetime")]
     #[schemars(length(max = 16), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION).message("pool.maxLifetime must be greater than zero"))]
     pub max_lifetime: String,
 
     /// An idle server connection unused this long is closed, down to
     /// minConnections. Duration such as "5m". Default: "5m". Applies live.
     #[serde(default = "default_max_idle_time")]
     #[schemars(length(max = 16), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION).message("pool.maxIdleTime must be greater than zero"))]
     pub max_idle_time: String,
 
     /// How long GetConnection waits for a free connection before answering
     /// RESOURCE_EXHAUSTED. Duration such as "5s". Default: "5s". Applies live.
     #[serde(default = "default_acquire_timeout")]
     #[schemars(length(max = 16), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION).message("pool.acquireTimeout must be greater than zero"))]
     pub acquire_timeout: String,
 
     /// Clients allowed to wait for a connection at once, per pooler pod; more are
@@ -236,12 +252,14 @@ pub struct LeaseSpec {
     /// live to new leases.
     #[serde(default = "default_default_ttl")]
     #[schemars(length(max = 16), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION).message("leases.defaultTtl must be greater than zero"))]
     pub default_ttl: String,
 
     /// Largest TTL a client may ask for. Duration such as "1h". Default: "1h".
     /// Applies live to new leases.
     #[serde(default = "default_max_ttl")]
     #[schemars(length(max = 16), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION).message("leases.maxTtl must be greater than zero"))]
     pub max_ttl: String,
 
     /// Leases one client identity may hold at once on one pooler pod; 0 means no
@@ -255,12 +273,18 @@ pub struct LeaseSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessSpec {
-    /// Client certificate identities (URI SAN such as
-    /// "spiffe://example.org/ns/shop/sa/api", or a prefix ending in '*') allowed to
-    /// lease this tenant. Default: empty, meaning any client the pooler accepts.
-    /// Applies live to new leases; existing leases keep running.
+    /// Client certificate identities allowed to lease this tenant: an exact
+    /// identity such as "spiffe://example.org/ns/shop/sa/api", a prefix ending in
+    /// "/*" (one or more whole path segments), or "*" (any authenticated
+    /// identity). Default: empty, meaning the operator's --default-access: with
+    /// "namespace" and a trust domain, only spiffe://<trust-domain>/ns/<this
+    /// namespace>/*; with "any", any client the pooler accepts. Applies live:
+    /// open leases of identities no longer admitted are revoked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(length(min = 1, max = 512)))]
+    #[schemars(
+        length(max = 256),
+        inner(length(min = 1, max = 512), regex(pattern = ALLOWED_CLIENT_PATTERN))
+    )]
     pub allowed_clients: Vec<String>,
 }
 

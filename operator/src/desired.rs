@@ -10,7 +10,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     sync::Arc,
-    time::Duration,
 };
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -73,9 +72,35 @@ pub struct FleetInputs<'a> {
     /// The pods of the pooler fleet (the operator's namespace and selector), in
     /// any phase.
     pub pods: &'a [Arc<Pod>],
-    /// Directory where pooler pods mount the snapshot Secret; CA bundles are
-    /// referenced as files there.
-    pub config_dir: &'a str,
+    /// Who a TenantPool without `access.allowedClients` admits.
+    pub default_access: &'a DefaultAccess,
+}
+
+/// Who a TenantPool without `access.allowedClients` admits
+/// (`--default-access`, `--trust-domain`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum DefaultAccess {
+    /// Any client the pooler accepts (the pooler's own rule for an empty list).
+    #[default]
+    Any,
+    /// Only workload identities of the TenantPool's own namespace:
+    /// `spiffe://<trust domain>/ns/<namespace>/*`.
+    Namespace {
+        /// The SPIFFE trust domain of the clients' certificates.
+        trust_domain: String,
+    },
+}
+
+impl DefaultAccess {
+    /// The allowedClients a TenantPool of `namespace` gets when it lists none.
+    pub fn patterns(&self, namespace: &str) -> Vec<String> {
+        match self {
+            DefaultAccess::Any => Vec::new(),
+            DefaultAccess::Namespace { trust_domain } => {
+                vec![format!("spiffe://{trust_domain}/ns/{namespace}/*")]
+            }
+        }
+    }
 }
 
 /// The whole fleet's desired state.
@@ -88,8 +113,26 @@ pub struct FleetPlan {
     /// What the snapshot Secret holds for poolers that (re)start while the
     /// operator is away: the tenants every pod of the fleet serves.
     pub stored: Snapshot,
-    /// CA bundles of serving tenants, as extra keys of the snapshot Secret.
-    pub ca_files: BTreeMap<String, String>,
+}
+
+impl FleetPlan {
+    /// Stamps every snapshot (stored and per pod) with the fleet's generation.
+    pub fn set_generation(&mut self, generation: u64) {
+        self.stored.config.generation = generation;
+        for pod in self.pods.values_mut() {
+            pod.snapshot.config.generation = generation;
+        }
+    }
+
+    /// What the generation follows: every snapshot's content version.
+    pub fn content_fingerprint(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.stored.version().as_bytes());
+        for (name, pod) in &self.pods {
+            hasher.update(format!("\n{name}={}", pod.snapshot.version()).as_bytes());
+        }
+        short_hex(hasher)
+    }
 }
 
 /// One TenantPool's outcome.
@@ -222,6 +265,11 @@ impl Snapshot {
         &self.config.version
     }
 
+    /// The fleet generation it carries (see [`FleetPlan::set_generation`]).
+    pub fn generation(&self) -> u64 {
+        self.config.generation
+    }
+
     /// The admin API message, credentials included.
     pub fn config(&self) -> &PoolerConfig {
         &self.config
@@ -261,6 +309,7 @@ impl Snapshot {
             config: PoolerConfig {
                 version: short_hex(hasher),
                 tenants: sorted.into_iter().map(|t| t.config.clone()).collect(),
+                generation: 0,
             },
         }
     }
@@ -270,6 +319,7 @@ impl fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Snapshot")
             .field("version", &self.config.version)
+            .field("generation", &self.config.generation)
             .field("tenants", &self.tenant_ids())
             .finish()
     }
@@ -279,83 +329,53 @@ impl fmt::Debug for Snapshot {
 struct RenderedTenant {
     config: TenantConfig,
     version: String,
-    ca_file: Option<(String, String)>,
 }
 
-/// Parses the CRD's duration syntax ("500ms", "30s", "5m", "1h").
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let digits = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(digits);
-    let n: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
-    }
-}
-
-/// Checks the invariants the CRD's CEL rules enforce at admission, again here:
-/// a TenantPool admitted under an older CRD must not reach a pooler.
+/// Checks a TenantPool with exactly the pooler's rules
+/// ([`teresa_proto::config`]) on its rendered tenant (with placeholder
+/// credentials, so that a spec problem shows before a missing Secret), plus
+/// what only the operator knows (poolerSelector). A TenantPool admitted under
+/// an older or looser CRD never reaches a pooler.
 pub fn validate(tenant_pool: &TenantPool) -> Vec<String> {
-    let spec = &tenant_pool.spec;
-    let mut problems = Vec::new();
-    let id = tenant_pool.tenant_id();
-    if id.is_empty()
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
-        problems.push(format!(
-            "tenantId {id:?} must be letters, digits, '.', '_' or '-'"
-        ));
-    }
-    if spec.pool.max_connections == 0 {
-        problems.push("pool.maxConnections must be at least 1".into());
-    }
-    if spec.pool.min_connections > spec.pool.max_connections {
-        problems.push(format!(
-            "pool.minConnections ({}) exceeds pool.maxConnections ({})",
-            spec.pool.min_connections, spec.pool.max_connections
-        ));
-    }
-    let durations = [
-        ("pool.maxLifetime", Some(&spec.pool.max_lifetime)),
-        ("pool.maxIdleTime", Some(&spec.pool.max_idle_time)),
-        ("pool.acquireTimeout", Some(&spec.pool.acquire_timeout)),
-        (
-            "pool.statementTimeout",
-            spec.pool.statement_timeout.as_ref(),
-        ),
-        ("leases.defaultTtl", Some(&spec.leases.default_ttl)),
-        ("leases.maxTtl", Some(&spec.leases.max_ttl)),
-    ];
-    for (field, value) in durations {
-        if let Some(value) = value
-            && parse_duration(value).is_none()
-        {
-            problems.push(format!(
-                "{field} {value:?} is not a duration like \"500ms\", \"30s\", \"5m\" or \"1h\""
-            ));
-        }
-    }
-    if let (Some(default_ttl), Some(max_ttl)) = (
-        parse_duration(&spec.leases.default_ttl),
-        parse_duration(&spec.leases.max_ttl),
-    ) && default_ttl > max_ttl
-    {
-        problems.push(format!(
-            "leases.defaultTtl ({}) exceeds leases.maxTtl ({})",
-            spec.leases.default_ttl, spec.leases.max_ttl
-        ));
-    }
-    if let Some(selector) = &spec.pooler_selector
+    validate_with(tenant_pool, &DefaultAccess::Any)
+}
+
+fn validate_with(tenant_pool: &TenantPool, default_access: &DefaultAccess) -> Vec<String> {
+    let placeholder = Resolved {
+        user: "placeholder".into(),
+        password: String::new(),
+        ca_pem: tenant_pool
+            .spec
+            .database
+            .ca_secret
+            .as_ref()
+            .map(|_| "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into()),
+    };
+    let mut problems = check_rendered(&render_config(tenant_pool, placeholder, default_access));
+    if let Some(selector) = &tenant_pool.spec.pooler_selector
         && let Err(e) = selector::matches(selector, &BTreeMap::new())
     {
-        problems.push(format!("poolerSelector: {e}"));
+        problems.push(format!("spec.poolerSelector: {e}"));
     }
     problems
+}
+
+/// The pooler's validation of one rendered tenant, its field names turned into
+/// the TenantPool's.
+fn check_rendered(config: &TenantConfig) -> Vec<String> {
+    match teresa_proto::config::check_tenant(config, "spec") {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems
+            .into_iter()
+            .map(|p| {
+                p.replacen("spec.id:", "spec.tenantId:", 1).replacen(
+                    "spec.allowedClients",
+                    "spec.access.allowedClients",
+                    1,
+                )
+            })
+            .collect(),
+    }
 }
 
 /// Computes the fleet's desired state.
@@ -400,16 +420,19 @@ pub fn plan(inputs: &FleetInputs<'_>) -> FleetPlan {
             }
         } else {
             winners.push((tenant_pool, selection.clone()));
-            let problems = validate(tenant_pool);
+            let problems = validate_with(tenant_pool, inputs.default_access);
             if !problems.is_empty() {
                 TenantOutcome::Invalid(problems)
             } else {
-                match render(tenant_pool, inputs.secrets, inputs.config_dir) {
-                    Ok(r) => {
-                        let config_version = r.version.clone();
-                        rendered.insert(key.clone(), (r, selection));
-                        TenantOutcome::Serving { config_version }
-                    }
+                match render(tenant_pool, inputs.secrets, inputs.default_access) {
+                    Ok(r) => match check_rendered(&r.config) {
+                        problems if !problems.is_empty() => TenantOutcome::Invalid(problems),
+                        _ => {
+                            let config_version = r.version.clone();
+                            rendered.insert(key.clone(), (r, selection));
+                            TenantOutcome::Serving { config_version }
+                        }
+                    },
                     Err(problem) => TenantOutcome::CredentialsUnresolved(problem),
                 }
             }
@@ -453,16 +476,10 @@ pub fn plan(inputs: &FleetInputs<'_>) -> FleetPlan {
             .map(|(r, _)| r)
             .collect(),
     );
-    let ca_files = rendered
-        .values()
-        .filter_map(|(r, _)| r.ca_file.clone())
-        .collect();
-
     FleetPlan {
         tenants,
         pods,
         stored,
-        ca_files,
     }
 }
 
@@ -535,11 +552,18 @@ fn restarts(pod: &Pod) -> i32 {
         .unwrap_or(0)
 }
 
+/// A TenantPool's resolved Secrets.
+struct Resolved {
+    user: String,
+    password: String,
+    ca_pem: Option<String>,
+}
+
 /// Renders one valid TenantPool with its resolved Secrets.
 fn render(
     tenant_pool: &TenantPool,
     secrets: &dyn SecretSource,
-    config_dir: &str,
+    default_access: &DefaultAccess,
 ) -> Result<RenderedTenant, CredentialsProblem> {
     let namespace = tenant_pool.namespace().unwrap_or_default();
     let spec = &tenant_pool.spec;
@@ -577,7 +601,7 @@ fn render(
     }
     let password = value(&creds.password_key, "passwordKey")?;
 
-    let ca_file = match &spec.database.ca_secret {
+    let ca_pem = match &spec.database.ca_secret {
         None => None,
         Some(ca) => {
             let ca_secret = secrets.secret(&namespace, &ca.name).ok_or_else(|| {
@@ -593,58 +617,31 @@ fn render(
                     key: ca.key.clone(),
                 }
             })?;
-            let pem = String::from_utf8(pem).map_err(|_| CredentialsProblem::BadValue {
-                namespace: namespace.clone(),
-                secret: ca.name.clone(),
-                key: ca.key.clone(),
-                problem: "is not a PEM text",
-            })?;
-            Some((
-                format!("ca-{namespace}-{}.pem", tenant_pool.name_any()),
-                pem,
-            ))
+            Some(
+                String::from_utf8(pem).map_err(|_| CredentialsProblem::BadValue {
+                    namespace: namespace.clone(),
+                    secret: ca.name.clone(),
+                    key: ca.key.clone(),
+                    problem: "is not a PEM text",
+                })?,
+            )
         }
     };
 
-    let mut config = TenantConfig {
-        id: tenant_pool.tenant_id(),
-        database: Some(DatabaseTarget {
-            host: spec.database.host.clone(),
-            port: u32::from(spec.database.port),
-            dbname: spec.database.dbname.clone(),
+    let mut config = render_config(
+        tenant_pool,
+        Resolved {
             user,
             password: String::new(),
-            password_file: String::new(),
-            ssl_mode: spec
-                .database
-                .ssl_mode
-                .map(|m| m.as_str().to_string())
-                .unwrap_or_default(),
-            ca_file: ca_file
-                .as_ref()
-                .map(|(key, _)| format!("{}/{key}", config_dir.trim_end_matches('/')))
-                .unwrap_or_default(),
-        }),
-        pool: Some(PoolSettings {
-            max_connections: spec.pool.max_connections,
-            min_connections: Some(spec.pool.min_connections),
-            max_lifetime: spec.pool.max_lifetime.clone(),
-            max_idle_time: spec.pool.max_idle_time.clone(),
-            acquire_timeout: spec.pool.acquire_timeout.clone(),
-            max_waiting: Some(spec.pool.max_waiting),
-            statement_timeout: spec.pool.statement_timeout.clone().unwrap_or_default(),
-        }),
-        leases: Some(LeaseSettings {
-            default_ttl: spec.leases.default_ttl.clone(),
-            max_ttl: spec.leases.max_ttl.clone(),
-            max_per_client: spec.leases.max_per_client,
-        }),
-        allowed_clients: spec.access.allowed_clients.clone(),
-    };
+            ca_pem,
+        },
+        default_access,
+    );
 
     // The version hashes the configuration with the password replaced by the
     // Secret's identity and resourceVersion: a rotation changes the version, and
-    // the version (shown in status) is no oracle for guessing the password.
+    // the version (shown in status) is no oracle for guessing the password. The
+    // CA bundle is public and enters as is.
     let mut hasher = Sha256::new();
     let fingerprint = format!(
         "secret:{}:{}",
@@ -663,17 +660,60 @@ fn render(
             .unwrap_or_default()
             .as_bytes(),
     );
-    if let Some((_, pem)) = &ca_file {
-        hasher.update(pem.as_bytes());
-    }
     if let Some(db) = config.database.as_mut() {
         db.password = password;
     }
     Ok(RenderedTenant {
         config,
         version: short_hex(hasher),
-        ca_file,
     })
+}
+
+/// The admin API tenant of a TenantPool with `resolved` credentials.
+fn render_config(
+    tenant_pool: &TenantPool,
+    resolved: Resolved,
+    default_access: &DefaultAccess,
+) -> TenantConfig {
+    let spec = &tenant_pool.spec;
+    let allowed_clients = if spec.access.allowed_clients.is_empty() {
+        default_access.patterns(&tenant_pool.namespace().unwrap_or_default())
+    } else {
+        spec.access.allowed_clients.clone()
+    };
+    TenantConfig {
+        id: tenant_pool.tenant_id(),
+        database: Some(DatabaseTarget {
+            host: spec.database.host.clone(),
+            port: u32::from(spec.database.port),
+            dbname: spec.database.dbname.clone(),
+            user: resolved.user,
+            password: resolved.password,
+            password_file: String::new(),
+            ssl_mode: spec
+                .database
+                .ssl_mode
+                .map(|m| m.as_str().to_string())
+                .unwrap_or_default(),
+            ca_file: String::new(),
+            ca_pem: resolved.ca_pem.unwrap_or_default(),
+        }),
+        pool: Some(PoolSettings {
+            max_connections: spec.pool.max_connections,
+            min_connections: Some(spec.pool.min_connections),
+            max_lifetime: spec.pool.max_lifetime.clone(),
+            max_idle_time: spec.pool.max_idle_time.clone(),
+            acquire_timeout: spec.pool.acquire_timeout.clone(),
+            max_waiting: Some(spec.pool.max_waiting),
+            statement_timeout: spec.pool.statement_timeout.clone().unwrap_or_default(),
+        }),
+        leases: Some(LeaseSettings {
+            default_ttl: spec.leases.default_ttl.clone(),
+            max_ttl: spec.leases.max_ttl.clone(),
+            max_per_client: spec.leases.max_per_client,
+        }),
+        allowed_clients,
+    }
 }
 
 fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {

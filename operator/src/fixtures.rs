@@ -169,6 +169,6 @@ pub fn plan_of(tenant_pools: &[TenantPool], secrets: &[Secret], pods: &[Pod]) ->
         tenant_pools: &tenant_pools,
         secrets: &secrets,
         pods: &pods,
-        config_dir: "/etc/teresa/config",
+        default_access: &Default::default(),
     })
 }

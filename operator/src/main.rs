@@ -64,6 +64,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             snapshot_secret: args.snapshot_secret.clone(),
             snapshot_mount_path: args.snapshot_mount_path.clone(),
             deletion_timeout: args.deletion_timeout(),
+            default_access: args.default_access(),
         },
         pooler_selector: args.pooler_selector.clone(),
         push: PushSettings::new(

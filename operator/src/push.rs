@@ -14,7 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use teresa_proto::admin::{GetStatusRequest, PoolerStatus, pooler_admin_client::PoolerAdminClient};
+use teresa_proto::admin::{
+    GetStatusRequest, PoolerStatus, TenantApplyResult, pooler_admin_client::PoolerAdminClient,
+};
 use tokio::{sync::watch, task::JoinSet};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
@@ -39,6 +41,10 @@ pub struct PodSync {
     pub failures: u32,
     /// Live numbers per tenant id, from the last `GetStatus`.
     pub tenants: BTreeMap<String, TenantStats>,
+    /// Tenants the pod rejected in the last `ApplyConfig` of this version, with
+    /// the pooler's reason (credential-free): they keep their previous
+    /// configuration there, and the other tenants apply.
+    pub rejected: BTreeMap<String, String>,
 }
 
 /// Live numbers of one tenant on one pod.
@@ -151,6 +157,8 @@ pub struct SyncReport {
     pub applied_version: String,
     /// Whether `ApplyConfig` was called (the pod held another version).
     pub pushed: bool,
+    /// When pushed: the tenants the pod rejected, with the reason.
+    pub rejected: BTreeMap<String, String>,
     /// The pod's live numbers per tenant.
     pub tenants: BTreeMap<String, TenantStats>,
 }
@@ -215,11 +223,18 @@ pub async fn sync_pod(
             .into_inner();
         let want = plan.snapshot.version();
         let pushed = status.applied_version != want;
+        let mut rejected = BTreeMap::new();
         if pushed {
-            client
+            let answer = client
                 .apply_config(plan.snapshot.config().clone())
                 .await
-                .map_err(|s| call_error("ApplyConfig", s, &scrub))?;
+                .map_err(|s| call_error("ApplyConfig", s, &scrub))?
+                .into_inner();
+            for tenant in answer.tenants {
+                if tenant.result() == TenantApplyResult::Rejected {
+                    rejected.insert(tenant.tenant_id, scrub(tenant.reason));
+                }
+            }
             status = client
                 .get_status(GetStatusRequest {})
                 .await
@@ -229,6 +244,7 @@ pub async fn sync_pod(
         Ok(SyncReport {
             applied_version: status.applied_version.clone(),
             pushed,
+            rejected,
             tenants: tenant_stats(&status),
         })
     };
@@ -434,7 +450,10 @@ impl Pusher {
         match result {
             Ok(report) => {
                 if report.pushed {
-                    tracing::info!(pod = name, version = %report.applied_version, "pushed pooler configuration");
+                    tracing::info!(pod = name, version = %report.applied_version, rejected = ?report.rejected.keys().collect::<Vec<_>>(), "pushed pooler configuration");
+                    entry.sync.rejected = report.rejected;
+                } else if entry.sync.applied_version.as_deref() != Some(&report.applied_version) {
+                    entry.sync.rejected.clear();
                 }
                 if let Some(m) = &self.metrics {
                     let outcome = if report.pushed {

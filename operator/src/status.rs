@@ -282,9 +282,9 @@ pub fn pod_synced(pod: &str, plan: &FleetPlan, fleet: &FleetSync) -> bool {
 pub fn holds_tenant(pod: &str, tenant: &TenantPlan, plan: &FleetPlan, fleet: &FleetSync) -> bool {
     matches!(tenant.outcome, TenantOutcome::Serving { .. })
         && pod_synced(pod, plan, fleet)
-        && fleet
-            .get(pod)
-            .is_some_and(|s| s.tenants.contains_key(&tenant.tenant_id))
+        && fleet.get(pod).is_some_and(|s| {
+            s.tenants.contains_key(&tenant.tenant_id) && !s.rejected.contains_key(&tenant.tenant_id)
+        })
 }
 
 /// Whether the pusher has had an answer (or a failure) from this pod since the
@@ -332,6 +332,26 @@ fn applied_condition(
         .iter()
         .filter(|p| !holds_tenant(p, tenant, plan, fleet))
         .collect();
+    let rejected: Vec<String> = pending
+        .iter()
+        .filter(|p| pod_applied(p, plan, fleet))
+        .filter_map(|p| {
+            fleet
+                .get(*p)
+                .and_then(|s| s.rejected.get(&tenant.tenant_id))
+                .map(|reason| format!("{p}: {reason}"))
+        })
+        .collect();
+    if !rejected.is_empty() {
+        return (
+            "False",
+            "RejectedByPooler",
+            format!(
+                "applied on {synced}/{selected} pooler pod(s); the pooler rejected this tenant (its previous configuration, if any, stays there): {}",
+                name_some(rejected)
+            ),
+        );
+    }
     let failing: Vec<String> = pending
         .iter()
         .filter_map(|p| {

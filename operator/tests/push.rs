@@ -296,7 +296,7 @@ fn fleet_plan(tenant_pools: &[TenantPool], secrets: &[Secret], pods: &[Pod]) -> 
         tenant_pools: &tenant_pools,
         secrets: &secrets,
         pods: &pods,
-        config_dir: "/etc/teresa/config",
+        default_access: &Default::default(),
     })
 }
 

@@ -18,7 +18,7 @@ use tracing::warn;
 use crate::access;
 use crate::config;
 use crate::state::PoolerState;
-use crate::tenants::ApplyOutcome;
+use crate::tenants::ApplyReport;
 use crate::tls::{IdentityRefused, PeerIdentity, PeerInfo};
 
 /// The admin API over a running pooler's state.
@@ -84,18 +84,24 @@ impl tonic::service::Interceptor for AdminAccess {
     }
 }
 
-/// Applies a snapshot from either source (admin call or config file).
+/// Applies the `--config` file's snapshot (a bootstrap: see
+/// [`crate::tenants`]): every valid tenant, each bad one logged alone.
 pub async fn apply_snapshot(
     state: &PoolerState,
     snapshot: &PoolerConfig,
 ) -> Result<(String, bool), config::ConfigError> {
-    let valid = config::validate(snapshot).inspect_err(|_| {
-        state.metrics.config_applied("rejected");
-    })?;
+    let valid = config::check(snapshot);
     access::warn_unreachable(&valid, state.limits.client_certificates);
     let version = valid.version.clone();
-    let outcome = state.tenants.apply(valid).await?;
-    Ok((version, outcome != ApplyOutcome::Unchanged))
+    let report = state.tenants.apply(valid).await?;
+    log_rejected(&report);
+    Ok((version, report.changed))
+}
+
+fn log_rejected(report: &ApplyReport) {
+    for tenant in report.rejected() {
+        warn!(tenant = %tenant.tenant_id, reason = %tenant.reason, "tenant configuration rejected; its previous configuration (if any) stays");
+    }
 }
 
 #[tonic::async_trait]
@@ -104,16 +110,16 @@ impl PoolerAdmin for AdminService {
         &self,
         request: Request<PoolerConfig>,
     ) -> Result<Response<ApplyConfigResponse>, Status> {
-        match apply_snapshot(&self.state, request.get_ref()).await {
-            Ok((applied_version, changed)) => Ok(Response::new(ApplyConfigResponse {
-                applied_version,
-                changed,
-            })),
-            Err(e) => {
-                warn!(error = %e, "configuration refused");
-                Err(Status::invalid_argument(e.to_string()))
-            }
-        }
+        let valid = config::check(request.get_ref());
+        access::warn_unreachable(&valid, self.state.limits.client_certificates);
+        let applied_version = valid.version.clone();
+        let report = self.state.tenants.apply_push(valid).await;
+        log_rejected(&report);
+        Ok(Response::new(ApplyConfigResponse {
+            applied_version,
+            changed: report.changed,
+            tenants: report.tenants,
+        }))
     }
 
     async fn get_status(

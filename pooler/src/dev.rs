@@ -64,6 +64,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     }
     let config_path = db.data_dir().with_extension("pooler.yaml");
     let yaml = serde_yaml::to_string(&PoolerConfig {
+        generation: 0,
         version: String::new(),
         tenants,
     })?;

@@ -5,8 +5,15 @@
 //! swaps it whole. Unchanged tenants keep their pool object (same connections,
 //! same counters); changed ones are updated in place, and open leases of
 //! identities their allowedClients no longer admit are revoked; removed ones
-//! stop taking new leases and drain. Both configuration sources, the `--config` file and
-//! the admin API, apply through [`Tenants::apply`].
+//! stop taking new leases and drain. A tenant that fails validation, or whose
+//! pool cannot be built, is rejected alone and keeps its previous
+//! configuration: one bad tenant never blocks the others.
+//!
+//! The two sources differ. A push ([`Tenants::apply_push`], the admin API) is
+//! the whole desired configuration of this pod. The `--config` file
+//! ([`Tenants::apply`]) is a bootstrap, never a rollback: a file whose
+//! generation is below the one applied is ignored, and a file never removes
+//! a tenant that a push gave this pod.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tracing::{info, warn};
+
+use teresa_proto::admin::{TenantApplyResult, TenantResult};
 
 use crate::config::{ConfigError, TenantSpec, ValidConfig};
 use crate::lease::{LeaseTable, Outcome};
@@ -23,14 +32,39 @@ use crate::upstream_tls;
 
 /// What an apply did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApplyOutcome {
-    /// The version was already applied; nothing changed.
-    Unchanged,
-    Applied {
-        added: Vec<String>,
-        changed: Vec<String>,
-        removed: Vec<String>,
-    },
+pub struct ApplyReport {
+    /// Whether anything changed.
+    pub changed: bool,
+    /// A file older than the applied generation, ignored as a whole.
+    pub ignored: bool,
+    /// One result per tenant given, then one per tenant removed.
+    pub tenants: Vec<TenantResult>,
+}
+
+impl ApplyReport {
+    /// The tenants rejected, with their reasons.
+    pub fn rejected(&self) -> impl Iterator<Item = &TenantResult> {
+        self.tenants
+            .iter()
+            .filter(|t| t.result() == TenantApplyResult::Rejected)
+    }
+}
+
+/// Where a configuration comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The admin API: the whole desired configuration of this pod.
+    Push,
+    /// The `--config` file: a bootstrap.
+    File,
+}
+
+fn result(id: &str, result: TenantApplyResult, reason: String) -> TenantResult {
+    TenantResult {
+        tenant_id: id.to_owned(),
+        result: result as i32,
+        reason,
+    }
 }
 
 /// The version in force and when it was applied.
@@ -48,6 +82,8 @@ pub struct Tenants {
     /// Removed tenants whose leases are still draining.
     draining: Arc<Mutex<Vec<Arc<TenantPool>>>>,
     applied: Mutex<Option<AppliedVersion>>,
+    /// Highest snapshot generation applied, and which tenants a push gave.
+    generation: Mutex<(u64, std::collections::HashSet<String>)>,
     apply_lock: tokio::sync::Mutex<()>,
     metrics: Metrics,
     leases: Arc<LeaseTable>,
@@ -61,6 +97,7 @@ impl Tenants {
             dsn_pools: Mutex::new(HashMap::new()),
             draining: Arc::new(Mutex::new(Vec::new())),
             applied: Mutex::new(None),
+            generation: Mutex::new((0, Default::default())),
             apply_lock: tokio::sync::Mutex::new(()),
             metrics,
             leases,
@@ -126,29 +163,66 @@ impl Tenants {
         }))
     }
 
-    /// Makes `config` the pooler's configuration. Either everything applies or
-    /// nothing changes. Applying the version in force again does nothing.
-    pub async fn apply(&self, config: ValidConfig) -> Result<ApplyOutcome, ConfigError> {
+    /// Applies the `--config` file: ignored when its generation is below the
+    /// one applied; otherwise its tenants are applied and tenants a push gave
+    /// this pod stay (only tenants of an earlier file are removed).
+    pub async fn apply(&self, config: ValidConfig) -> Result<ApplyReport, ConfigError> {
+        Ok(self.apply_from(config, Source::File).await)
+    }
+
+    /// Applies a push: the whole configuration of this pod.
+    pub async fn apply_push(&self, config: ValidConfig) -> ApplyReport {
+        self.apply_from(config, Source::Push).await
+    }
+
+    async fn apply_from(&self, config: ValidConfig, source: Source) -> ApplyReport {
         let _one_at_a_time = self.apply_lock.lock().await;
+        let (applied_generation, pushed) = self.generation.lock().expect("poisoned").clone();
+        if source == Source::File && config.generation < applied_generation {
+            info!(
+                file_generation = config.generation,
+                applied_generation, "config file is older than the configuration applied; ignored"
+            );
+            self.metrics.config_applied("ignored");
+            return ApplyReport {
+                changed: false,
+                ignored: true,
+                tenants: Vec::new(),
+            };
+        }
         let previous = self.applied();
-        if previous
-            .as_ref()
-            .is_some_and(|p| p.version == config.version)
+        let old = self.map.load_full();
+        let mut results = Vec::new();
+        if config.rejected.is_empty()
+            && previous
+                .as_ref()
+                .is_some_and(|p| p.version == config.version)
         {
             self.metrics.config_applied("unchanged");
-            return Ok(ApplyOutcome::Unchanged);
+            for spec in &config.tenants {
+                results.push(result(
+                    &spec.id,
+                    TenantApplyResult::Unchanged,
+                    String::new(),
+                ));
+            }
+            return ApplyReport {
+                changed: false,
+                ignored: false,
+                tenants: results,
+            };
         }
-        let old = self.map.load_full();
 
-        // Build everything that can fail before touching anything live.
-        let mut problems = Vec::new();
+        // Build everything that can fail before touching anything live; a
+        // tenant that fails is rejected and keeps what it had.
+        let mut failed: HashMap<String, String> = HashMap::new();
         let mut new_pools = HashMap::new();
         for spec in &config.tenants {
             match old.get(&spec.id) {
                 // Only a changed target builds a new connector on update.
                 Some(pool) if pool.spec().target != spec.target => {
                     if let Err(e) = upstream_tls::connector(&spec.target) {
-                        problems.push(format!("tenant {}: {e}", spec.id));
+                        failed.insert(spec.id.clone(), format!("tenant {}: {e}", spec.id));
                     }
                 }
                 Some(_) => {}
@@ -156,20 +230,27 @@ impl Tenants {
                     Ok(pool) => {
                         new_pools.insert(spec.id.clone(), pool);
                     }
-                    Err(e) => problems.push(format!("tenant {}: {e}", spec.id)),
+                    Err(e) => {
+                        failed.insert(spec.id.clone(), format!("tenant {}: {e}", spec.id));
+                    }
                 },
             }
-        }
-        if !problems.is_empty() {
-            self.metrics.config_applied("rejected");
-            return Err(ConfigError { problems });
         }
 
         let mut next = HashMap::with_capacity(config.tenants.len());
         let (mut added, mut changed) = (Vec::new(), Vec::new());
         let mut access_changed = Vec::new();
+        let mut given = std::collections::HashSet::new();
         for spec in config.tenants {
             let id = spec.id.clone();
+            given.insert(id.clone());
+            if let Some(reason) = failed.remove(&id) {
+                results.push(result(&id, TenantApplyResult::Rejected, reason));
+                if let Some(pool) = old.get(&id) {
+                    next.insert(id, pool.clone());
+                }
+                continue;
+            }
             match old.get(&id) {
                 Some(pool) => {
                     if *pool.spec() != spec {
@@ -178,13 +259,38 @@ impl Tenants {
                         }
                         update_in_place(pool, spec);
                         changed.push(id.clone());
+                        results.push(result(&id, TenantApplyResult::Applied, String::new()));
+                    } else {
+                        results.push(result(&id, TenantApplyResult::Unchanged, String::new()));
                     }
                     next.insert(id, pool.clone());
                 }
                 None => {
                     let pool = new_pools.remove(&id).expect("built above");
                     added.push(id.clone());
+                    results.push(result(&id, TenantApplyResult::Applied, String::new()));
                     next.insert(id, pool);
+                }
+            }
+        }
+        // Rejected by validation: keep what they had.
+        for rejected in &config.rejected {
+            given.insert(rejected.id.clone());
+            results.push(result(
+                &rejected.id,
+                TenantApplyResult::Rejected,
+                rejected.problems.join("; "),
+            ));
+            if let Some(pool) = old.get(&rejected.id) {
+                next.entry(rejected.id.clone())
+                    .or_insert_with(|| pool.clone());
+            }
+        }
+        // A file never removes what a push gave this pod.
+        if source == Source::File {
+            for id in &pushed {
+                if let (false, Some(pool)) = (next.contains_key(id), old.get(id)) {
+                    next.insert(id.clone(), pool.clone());
                 }
             }
         }
@@ -194,6 +300,13 @@ impl Tenants {
             .cloned()
             .collect();
         removed.sort();
+        for id in &removed {
+            results.push(result(id, TenantApplyResult::Removed, String::new()));
+        }
+        let any_change = !added.is_empty()
+            || !changed.is_empty()
+            || !removed.is_empty()
+            || previous.as_ref().is_none_or(|p| p.version != config.version);
         self.map.store(Arc::new(next));
         for pool in &access_changed {
             crate::access::revoke_disallowed(&self.leases, pool).await;
@@ -203,11 +316,28 @@ impl Tenants {
                 self.drain_removed(pool.clone());
             }
         }
+        {
+            let mut generation = self.generation.lock().expect("poisoned");
+            generation.0 = generation.0.max(config.generation);
+            match source {
+                Source::Push => generation.1 = given,
+                Source::File => generation.1.retain(|id| !removed.contains(id)),
+            }
+        }
         self.metrics.set_config_version(
             previous.as_ref().map_or("", |p| &p.version),
             &config.version,
         );
-        self.metrics.config_applied("applied");
+        let rejected: Vec<&str> = results
+            .iter()
+            .filter(|r| r.result() == TenantApplyResult::Rejected)
+            .map(|r| r.tenant_id.as_str())
+            .collect();
+        self.metrics.config_applied(if rejected.is_empty() {
+            "applied"
+        } else {
+            "partial"
+        });
         *self.applied.lock().expect("poisoned") = Some(AppliedVersion {
             version: config.version.clone(),
             at: SystemTime::now(),
@@ -216,16 +346,18 @@ impl Tenants {
         changed.sort();
         info!(
             version = %config.version,
+            generation = config.generation,
             added = ?added,
             changed = ?changed,
             removed = ?removed,
+            rejected = ?rejected,
             "configuration applied"
         );
-        Ok(ApplyOutcome::Applied {
-            added,
-            changed,
-            removed,
-        })
+        ApplyReport {
+            changed: any_change,
+            ignored: false,
+            tenants: results,
+        }
     }
 
     /// A removed tenant: no new leases; open ones continue until released or

@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{SslMode, TargetSpec};
+use crate::config::{CaBundle, SslMode, TargetSpec};
 
 /// Building the upstream TLS configuration failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +20,7 @@ pub enum UpstreamTlsError {
         path: String,
         source: std::io::Error,
     },
-    #[error("the database CA file {path} holds no usable certificate")]
+    #[error("the database CA bundle ({path}) holds no usable certificate")]
     NoCa { path: String },
     #[error("cannot build the database certificate verifier: {0}")]
     Verifier(String),
@@ -59,23 +59,28 @@ pub fn connector(target: &TargetSpec) -> Result<Option<MakeRustlsConnect>, Upstr
 
 fn roots(target: &TargetSpec) -> Result<RootCertStore, UpstreamTlsError> {
     let mut roots = RootCertStore::empty();
-    match &target.ca_file {
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        Some(path) => {
+    let (pem, shown) = match &target.ca {
+        None => {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            return Ok(roots);
+        }
+        Some(CaBundle::Pem(pem)) => (pem.as_bytes().to_vec(), "caPem".to_owned()),
+        Some(CaBundle::File(path)) => {
             let shown = path.display().to_string();
             let pem = std::fs::read(path).map_err(|source| UpstreamTlsError::ReadCa {
                 path: shown.clone(),
                 source,
             })?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
-                roots.add(cert).map_err(|_| UpstreamTlsError::NoCa {
-                    path: shown.clone(),
-                })?;
-            }
-            if roots.is_empty() {
-                return Err(UpstreamTlsError::NoCa { path: shown });
-            }
+            (pem, shown)
         }
+    };
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
+        roots.add(cert).map_err(|_| UpstreamTlsError::NoCa {
+            path: shown.clone(),
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(UpstreamTlsError::NoCa { path: shown });
     }
     Ok(roots)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::*;
 use teresa_pooler::config::parse_yaml;
-use teresa_proto::admin::{GetStatusRequest, PoolerConfig, PoolerStatus};
+use teresa_proto::admin::{GetStatusRequest, PoolerConfig, PoolerStatus, TenantApplyResult};
 use teresa_proto::connectionpool::ConnectionRequest;
 use tonic::Code;
 
@@ -398,45 +398,157 @@ async fn a_removed_tenants_open_lease_is_rolled_back_after_the_drain_deadline() 
 }
 
 #[tokio::test]
-async fn an_invalid_snapshot_is_refused_with_every_problem_and_the_old_config_keeps_serving() {
+async fn one_bad_tenant_is_rejected_alone_and_the_others_apply() {
     let db = Db::start().await;
     let acme = db.tenant("acme").await;
+    let globex = db.tenant("globex").await;
+    let initech = db.tenant("initech").await;
     let pooler = Pooler::start(PoolerSetup::new(&[(&acme, "")])).await;
-    let before = status(&pooler).await.applied_version;
-    let mut bad = snapshot(
-        "bad",
+    let mut mixed = snapshot(
+        "mixed",
         &[
             (&acme, "pool: { maxConnections: 2, minConnections: 5 }"),
-            (&acme, ""),
+            (&globex, ""),
+            (&initech, ""),
+            (&globex, ""),
         ],
     );
-    bad.tenants[1].database.as_mut().unwrap().host.clear();
-    let err = pooler.admin().await.apply_config(bad).await.unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    for problem in [
-        "minConnections: 5 is greater than maxConnections (2)",
-        "duplicate tenant id",
-        "database.host: must not be empty",
-    ] {
-        assert!(
-            err.message().contains(problem),
-            "missing {problem:?} in {}",
-            err.message()
+    mixed.tenants[2].database.as_mut().unwrap().host.clear();
+    let answer = pooler
+        .admin()
+        .await
+        .apply_config(mixed)
+        .await
+        .unwrap()
+        .into_inner();
+    let results: Vec<(String, TenantApplyResult, String)> = answer
+        .tenants
+        .iter()
+        .map(|t| (t.tenant_id.clone(), t.result(), t.reason.clone()))
+        .collect();
+    let of = |id: &str| -> Vec<&(String, TenantApplyResult, String)> {
+        results.iter().filter(|r| r.0 == id).collect()
+    };
+    assert_eq!(of("globex")[0].1, TenantApplyResult::Applied, "{results:?}");
+    assert!(
+        of("globex")[1].2.contains("duplicate tenant id"),
+        "{results:?}"
+    );
+    assert_eq!(of("acme")[0].1, TenantApplyResult::Rejected, "{results:?}");
+    assert!(
+        of("acme")[0]
+            .2
+            .contains("minConnections: 5 is greater than maxConnections (2)")
+    );
+    assert_eq!(of("initech")[0].1, TenantApplyResult::Rejected);
+    assert!(
+        of("initech")[0]
+            .2
+            .contains("database.host: must not be empty")
+    );
+    for r in &results {
+        assert!(!r.2.contains(&acme.password) && !r.2.contains(&initech.password));
+    }
+    assert!(answer.changed);
+    // The good tenant serves; the rejected one keeps its previous configuration.
+    let mut client = pooler.client().await;
+    for tenant in ["acme", "globex"] {
+        assert_eq!(
+            one_shot(&mut client, tenant, "SELECT 4", vec![])
+                .await
+                .int(),
+            4
         );
     }
-    assert!(!err.message().contains(&acme.password));
-    assert_eq!(status(&pooler).await.applied_version, before);
-    let mut client = pooler.client().await;
-    assert_eq!(
-        one_shot(&mut client, "acme", "SELECT 4", vec![])
-            .await
-            .int(),
-        4
-    );
+    let ids: Vec<String> = status(&pooler)
+        .await
+        .tenants
+        .into_iter()
+        .map(|t| t.tenant_id)
+        .collect();
+    assert_eq!(ids, ["acme", "globex"]);
     let metrics = pooler.metrics().await;
     assert!(
-        metrics.contains("teresa_config_applies_total{outcome=\"rejected\"} 1"),
+        metrics.contains("teresa_config_applies_total{outcome=\"partial\"} 1"),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_config_file_with_a_bad_tenant_starts_serving_the_good_ones() {
+    let db = Db::start().await;
+    let acme = db.tenant("acme").await;
+    let globex = db.tenant("globex").await;
+    let pooler = Pooler::start(PoolerSetup::new(&[
+        (&acme, "pool: { maxLifetime: 0s }"),
+        (&globex, ""),
+    ]))
+    .await;
+    let mut client = pooler.client().await;
+    assert_eq!(
+        one_shot(&mut client, "globex", "SELECT 2", vec![])
+            .await
+            .int(),
+        2
+    );
+    let ids: Vec<String> = status(&pooler)
+        .await
+        .tenants
+        .into_iter()
+        .map(|t| t.tenant_id)
+        .collect();
+    assert_eq!(ids, ["globex"]);
+    assert!(
+        pooler
+            .log()
+            .contains("pool.maxLifetime: must be greater than zero")
+    );
+}
+
+#[tokio::test]
+async fn a_stale_snapshot_file_does_not_undo_a_push() {
+    let db = Db::start().await;
+    let acme = db.tenant("acme").await;
+    let globex = db.tenant("globex").await;
+    let setup = PoolerSetup::new(&[(&acme, "")]);
+    let file = |generation: u64, version: &str| {
+        format!(
+            "generation: {generation}\nversion: {version}\n{}",
+            setup.tenants_yaml
+        )
+    };
+    let pooler = Pooler::start(PoolerSetup {
+        tenants_yaml: file(5, "file-5"),
+        ..PoolerSetup::new(&[])
+    })
+    .await;
+    // A push gives this pod a narrowed tenant the file does not have.
+    let mut pushed = snapshot("push-7", &[(&acme, ""), (&globex, "")]);
+    pushed.generation = 7;
+    pooler.admin().await.apply_config(pushed).await.unwrap();
+    // The kubelet brings back an older file: ignored.
+    std::fs::write(&pooler.config_path, file(6, "file-6")).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(status(&pooler).await.applied_version, "push-7");
+    assert!(
+        pooler
+            .log()
+            .contains("older than the configuration applied")
+    );
+    // A newer file applies, but never removes what the push gave.
+    std::fs::write(&pooler.config_path, file(8, "file-8")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status(&pooler).await.applied_version == "file-8"
+        })
+        .await
+    );
+    let mut client = pooler.client().await;
+    assert_eq!(
+        one_shot(&mut client, "globex", "SELECT 3", vec![])
+            .await
+            .int(),
+        3
     );
 }
 

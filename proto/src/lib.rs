@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod identity;
 
 /// The lease API: `connectionpool.ConnectionPoolService`.

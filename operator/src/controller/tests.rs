@@ -55,6 +55,7 @@ fn harness(tenant_pools: Vec<TenantPool>, secrets: Vec<Secret>, pods: Vec<Pod>) 
             snapshot_secret: "teresa-pooler-config".into(),
             snapshot_mount_path: "/etc/teresa/config".into(),
             deletion_timeout: Duration::from_secs(120),
+            default_access: Default::default(),
         },
         tenant_pools,
         secrets,
@@ -66,6 +67,7 @@ fn harness(tenant_pools: Vec<TenantPool>, secrets: Vec<Secret>, pods: Vec<Pod>) 
             instance: None,
         },
         metrics: Metrics::new().unwrap(),
+        generation: Default::default(),
     });
     Harness {
         ctx,

@@ -145,10 +145,9 @@ fn descriptions_have_no_line_breaks_inside_paragraphs_for_kubectl_explain() {
         );
     }
     assert!(
-        descriptions.iter().any(
-            |d| d.contains("Client certificate identities (URI SAN such as")
-                && d.contains("allowed to lease this tenant")
-        ),
+        descriptions.iter().any(|d| d
+            .contains("Client certificate identities allowed to lease this tenant")
+            && d.contains("(one or more whole path segments)")),
         "the allowedClients description reads as one paragraph"
     );
 }

@@ -400,7 +400,7 @@ fn snapshot_yaml_is_the_pooler_config_schema_in_camel_case() {
 }
 
 #[test]
-fn ca_secret_becomes_a_file_in_the_mounted_snapshot_secret() {
+fn ca_secret_travels_as_pem_content_in_the_pushed_config() {
     let mut tp = tenant_pool("shop", "orders", 0);
     tp.spec.database.ca_secret = Some(crate::crd::CaSecretRef {
         name: "db-ca".into(),
@@ -410,13 +410,18 @@ fn ca_secret_becomes_a_file_in_the_mounted_snapshot_secret() {
         &[tp],
         &[
             creds("shop", "a", "1"),
-            secret("shop", "db-ca", &[("ca.crt", "PEM")], "3"),
+            secret(
+                "shop",
+                "db-ca",
+                &[("ca.crt", "-----BEGIN CERTIFICATE-----\nA\n")],
+                "3",
+            ),
         ],
         &[],
     );
-    assert_eq!(plan.ca_files["ca-shop-orders.pem"], "PEM");
     let db = plan.stored.config().tenants[0].database.clone().unwrap();
-    assert_eq!(db.ca_file, "/etc/teresa/config/ca-shop-orders.pem");
+    assert_eq!(db.ca_pem, "-----BEGIN CERTIFICATE-----\nA\n");
+    assert!(db.ca_file.is_empty());
 }
 
 #[test]
@@ -452,14 +457,21 @@ fn invalid_spec_admitted_under_an_old_crd_is_not_pushed() {
 }
 
 #[test]
-fn durations_parse_in_the_crd_syntax_only() {
-    assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-    assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-    assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-    assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-    for bad in ["", "30", "s", "1h30m", "-1s", "1.5s", "1d"] {
-        assert_eq!(parse_duration(bad), None, "{bad}");
+fn durations_follow_the_poolers_grammar() {
+    for good in ["1h30m", "500ms"] {
+        let mut tp = tenant_pool("shop", "orders", 0);
+        tp.spec.pool.max_lifetime = good.into();
+        assert!(validate(&tp).is_empty(), "{good}");
     }
+    for bad in ["0s", "30", "1.5s", "1d", " 5s"] {
+        let mut tp = tenant_pool("shop", "orders", 0);
+        tp.spec.pool.max_lifetime = bad.into();
+        assert_eq!(validate(&tp).len(), 1, "{bad}");
+    }
+    // "0" is in the grammar, where zero is allowed.
+    let mut tp = tenant_pool("shop", "orders", 0);
+    tp.spec.pool.statement_timeout = Some("0".into());
+    assert!(validate(&tp).is_empty());
 }
 
 #[test]

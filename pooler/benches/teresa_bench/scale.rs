@@ -113,6 +113,7 @@ pub async fn tenants_applied(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_empty_kib = teresa.rss_kib();
     let config = PoolerConfig {
+        generation: 0,
         version: format!("bench-{count}"),
         tenants: (0..count)
             .map(|i| {
@@ -153,6 +154,7 @@ pub async fn idle_tenants(
     let teresa = Teresa::start(binary, None).await?;
     let mut admin = teresa.admin().await?;
     let config = PoolerConfig {
+        generation: 0,
         version: format!("idle-{count}"),
         tenants: (0..count)
             .map(|i| {

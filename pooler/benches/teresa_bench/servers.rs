@@ -404,6 +404,7 @@ impl Teresa {
         if let Some(tenants) = tenants {
             let path = dir.path().join("pooler.yaml");
             let yaml = serde_yaml::to_string(&PoolerConfig {
+                generation: 0,
                 version: String::new(),
                 tenants,
             })?;

@@ -1,4 +1,6 @@
 use super::*;
+use std::time::Duration;
+use teresa_proto::identity::Identity;
 
 fn yaml(text: &str) -> Result<ValidConfig, String> {
     let snapshot = parse_yaml(text).map_err(|e| e.to_string())?;
