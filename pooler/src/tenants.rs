@@ -306,7 +306,9 @@ impl Tenants {
         let any_change = !added.is_empty()
             || !changed.is_empty()
             || !removed.is_empty()
-            || previous.as_ref().is_none_or(|p| p.version != config.version);
+            || previous
+                .as_ref()
+                .is_none_or(|p| p.version != config.version);
         self.map.store(Arc::new(next));
         for pool in &access_changed {
             crate::access::revoke_disallowed(&self.leases, pool).await;
